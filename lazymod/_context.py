@@ -1,0 +1,143 @@
+"""The state of one running `lazymod.init`: its keys, the paths of the modules it is
+initializing, and which of them is running. Kept in a `ContextVar`, so inits in
+different threads (or asyncio tasks) never see each other's state."""
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from jaxtyping import PRNGKeyArray
+
+from ._errors import InitError
+from ._keys import DEFAULT_STREAM, derive_key
+from ._paths import KeyPath, path_str
+
+
+class InitContext:
+    """Everything one call of `lazymod.init` shares with the modules it runs."""
+
+    def __init__(self, keys: dict[str, PRNGKeyArray], capture: bool):
+        self.keys = keys
+        self.phase = "initializers"  # then "rng_init", then "call"
+        self.paths: dict[int, KeyPath] = {}  # id(working module) -> its path
+        self.modules: list[Any] = []  # keeps the ids above alive and unique
+        self.stack: list[Any] = []  # the modules whose code is running, innermost last
+        self.counters: dict[tuple[int, str, str], int] = {}
+        self.intermediates: dict[str, Any] | None = {} if capture else None
+
+    def add_module(self, module: Any, path: KeyPath) -> None:
+        if id(module) not in self.paths:
+            self.paths[id(module)] = path
+            self.modules.append(module)
+
+    def owns(self, module: Any) -> bool:
+        return id(module) in self.paths
+
+    def root_key(self, stream: str) -> PRNGKeyArray:
+        try:
+            return self.keys[stream]
+        except KeyError:
+            pass
+        try:
+            return self.keys[DEFAULT_STREAM]
+        except KeyError:
+            raise InitError(
+                f"lazymod.init was given keys for the streams {sorted(self.keys)}, but a "
+                f"key was drawn from the stream {stream!r} and there is no "
+                f"{DEFAULT_STREAM!r} key to fall back to. Add {stream!r} or "
+                f"{DEFAULT_STREAM!r} to the dict of keys."
+            ) from None
+
+    def next_key(self, stream: str) -> PRNGKeyArray:
+        module = self.stack[-1]
+        counter = (id(module), self.phase, stream)
+        count = self.counters.get(counter, 0)
+        self.counters[counter] = count + 1
+        path = self.paths[id(module)]
+        return derive_key(self.root_key(stream), stream, "next_key", path, self.phase, count)
+
+    def capture(self, module: Any, output: Any) -> None:
+        """Record the output of a submodule's `__call__` (the root is not recorded); a
+        module called more than once gets `path#1`, `path#2`, ... for later calls."""
+        assert self.intermediates is not None
+        path = self.paths[id(module)]
+        if not path:
+            return
+        name = base = path_str(path)
+        count = 0
+        while name in self.intermediates:
+            count += 1
+            name = f"{base}#{count}"
+        self.intermediates[name] = output
+
+    @contextlib.contextmanager
+    def running(self, module: Any) -> Iterator[None]:
+        self.stack.append(module)
+        try:
+            yield
+        finally:
+            self.stack.pop()
+
+
+_current: ContextVar[InitContext | None] = ContextVar("lazymod_init", default=None)
+
+
+def current_context() -> InitContext | None:
+    return _current.get()
+
+
+@contextlib.contextmanager
+def active(context: InitContext) -> Iterator[InitContext]:
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)
+
+
+def next_key(stream: str = DEFAULT_STREAM) -> PRNGKeyArray:
+    """A fresh random key, for use inside `rng_init` or an `if self.initializing():`
+    block while `lazymod.init` runs.
+
+    The key is derived from the key given to `lazymod.init` for `stream` (falling back
+    to `"params"`), the path of the module that asks, and how many keys that module has
+    drawn so far in this phase. Modules elsewhere in the tree never change it.
+
+    **Arguments:**
+
+    - `stream`: the RNG stream to draw from (default `"params"`).
+
+    **Returns:**
+
+    A typed key array, as made by `jax.random.key`.
+
+    **Raises:**
+
+    [`lazymod.InitError`][] when called outside `lazymod.init`.
+
+    !!! example
+
+        ```python
+        import jax
+        import lazymod as lm
+
+        class Noise(lm.Module):
+            a: jax.Array = lm.lazy()
+
+            def rng_init(self):
+                self.a = jax.random.normal(lm.next_key(), shape=(2,))
+
+        assert Noise().init(0).a.shape == (2,)
+        ```
+    """
+    if not isinstance(stream, str):
+        raise TypeError(f"lazymod.next_key(stream) takes a str; got {type(stream).__name__}.")
+    context = _current.get()
+    if context is None or not context.stack:
+        raise InitError(
+            "lazymod.next_key() was called outside lazymod.init. It draws keys only "
+            "while init runs, inside `rng_init` or an `if self.initializing():` block; "
+            "elsewhere, pass a key explicitly (for example `key=` at call time)."
+        )
+    return context.next_key(stream)

@@ -1,0 +1,440 @@
+"""`lazymod.init` and `lazymod.init_shapes`: one engine that materializes a lazy tree.
+
+One call of `init` goes through these steps, top to bottom:
+
+1. `normalize_keys` turns the key into `{stream: key}`; the inputs are split into
+   `jax.ShapeDtypeStruct` specs and everything else.
+2. `_trace` runs the three mechanisms (`_run_initializers`, `_run_rng_inits`, then the
+   method) on a working copy of the tree, inside `jax.make_jaxpr` with the specs as its
+   only inputs and under `jax.ensure_compile_time_eval`. Everything that does not depend
+   on a spec is computed eagerly, op by op, right there; the forward pass on the specs
+   is only traced, so its cost does not grow with the batch size.
+3. `_materialize` reads off the jaxpr which arrays depend on the specs (an error for a
+   field, a `ShapeDtypeStruct` for a captured intermediate) and evaluates the rest.
+   Eagerly there is nothing left to run: the values are the jaxpr's constants. Under an
+   outer `jax.jit`, `jax.vmap` or `jax.eval_shape` (keys or inputs are tracers) the
+   needed equations are replayed in the outer trace.
+4. One `tree_unflatten` builds the new module; `_check_complete` lists what is left.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jax.extend import core as jex_core
+
+from ._context import active, InitContext
+from ._errors import InitError, UninitializedError
+from ._keys import derive_key, normalize_keys
+from ._module import Module
+from ._paths import display_path, KeyPath
+from ._sentinels import Initializer, is_sentinel, sentinels_with_paths
+
+
+def init(
+    module: Any,
+    key: Any,
+    *args: Any,
+    method: str | Callable[..., Any] | None = None,
+    partial: bool = False,
+    capture_intermediates: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Return a new, fully materialized copy of `module`.
+
+    Every [`lazymod.Initializer`][] is replaced by `fn(key)`, then every module's
+    `rng_init` runs, then (if inputs are given) `method` runs once on them with
+    `initializing()` true, so `if self.initializing():` blocks can read input shapes and
+    assign fields. `module` itself is never modified.
+
+    **Arguments:**
+
+    - `module`: any pytree of modules: an `lazymod.Module`, an `equinox.Module`, or
+        lists, tuples and dicts of them.
+    - `key`: a `jax.random.key(...)`, a legacy `jax.random.PRNGKey(...)`, an int seed
+        (same as `jax.random.key(seed)`), or a dict `{stream: key}`. A single key feeds
+        the `"params"` stream; a stream with no key of its own falls back to
+        `"params"`. The key of every value is derived from its stream and path, so
+        adding, removing or reordering other fields never changes it.
+    - `*args`, `**kwargs`: the inputs of `method`: arrays, `jax.ShapeDtypeStruct`s, or
+        pytrees of them. Specs are only traced, never computed. With no inputs and no
+        `method`, only Initializers and `rng_init` run.
+    - `method`: the method to run, by name or as a function `f(module, *args,
+        **kwargs)`; default `__call__`.
+    - `partial`: if `False` (the default), raise [`lazymod.InitError`][] when a
+        placeholder or Initializer is left (a branch the inputs never reached). If
+        `True`, return the partly initialized module; a later `init` fills the rest.
+    - `capture_intermediates`: if `True`, also return a dict from submodule path (like
+        `"layers[0]"`) to the output of that submodule's `__call__` during init
+        (a `jax.ShapeDtypeStruct` where it depends on a spec).
+
+    **Returns:**
+
+    The new module, or `(module, intermediates)` with `capture_intermediates=True`.
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        class Linear(lm.Module):
+            features_out: int
+            w: jax.Array = lm.lazy()
+
+            def __call__(self, x):
+                if self.initializing():
+                    self.w = jax.random.uniform(
+                        key=lm.next_key(), shape=[x.shape[-1], self.features_out]
+                    )
+                return x @ self.w
+
+        spec = jax.ShapeDtypeStruct((784,), jnp.float32)
+        model = lm.init(Linear(10), jax.random.key(0), spec)
+        assert model.w.shape == (784, 10)
+        ```
+    """
+    if not isinstance(partial, bool) or not isinstance(capture_intermediates, bool):
+        raise TypeError("lazymod.init: `partial` and `capture_intermediates` must be bool.")
+    keys = normalize_keys(key)
+    function = _resolve_method(module, method, has_inputs=bool(args or kwargs))
+    context = InitContext(keys, capture=capture_intermediates)
+    closed, out_shapes, rebuild = _trace(module, context, function, args, kwargs)
+    values = _materialize(module, closed, out_shapes, rebuild)
+    result, intermediates = rebuild.unflatten(values)
+    _check_complete(result, partial)
+    if capture_intermediates:
+        return result, intermediates
+    return result
+
+
+def init_shapes(
+    module: Any,
+    *args: Any,
+    method: str | Callable[..., Any] | None = None,
+    partial: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """The tree `lazymod.init` would return, with a `jax.ShapeDtypeStruct` in place of
+    every array. Nothing is allocated or computed, whatever the sizes.
+
+    Takes the same arguments as [`lazymod.init`][], less the key. Use it to inspect a
+    model, or as the skeleton to load a checkpoint into with
+    `eqx.tree_deserialise_leaves`.
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        class Linear(lm.Module):
+            features_out: int
+            w: jax.Array = lm.lazy()
+
+            def __call__(self, x):
+                if self.initializing():
+                    self.w = jax.random.normal(
+                        lm.next_key(), (x.shape[-1], self.features_out)
+                    )
+                return x @ self.w
+
+        big = lm.init_shapes(Linear(100_000), jax.ShapeDtypeStruct((100_000,), jnp.float32))
+        assert big.w.shape == (100_000, 100_000)
+        ```
+    """
+    run = functools.partial(init, method=method, partial=partial)
+    return eqx.filter_eval_shape(run, module, _abstract_key(), *args, **kwargs)
+
+
+@functools.cache
+def _abstract_key() -> jax.ShapeDtypeStruct:
+    return jax.eval_shape(jax.random.key, 0)
+
+
+def _resolve_method(
+    module: Any, method: str | Callable[..., Any] | None, has_inputs: bool
+) -> Callable[..., Any] | None:
+    name = type(module).__name__
+    if method is None:
+        if not has_inputs:
+            return None
+        if not callable(module):
+            raise TypeError(
+                f"lazymod.init got inputs, but {name} is not callable; pass `method=` "
+                "(a method name or a function f(module, *inputs)) to say what to run."
+            )
+        return type(module).__call__
+    if isinstance(method, str):
+        function = getattr(type(module), method, None)
+        if not callable(function):
+            raise AttributeError(f"lazymod.init: {name} has no method {method!r}.")
+        return function
+    if callable(method):
+        bound_to = getattr(method, "__self__", None)
+        if bound_to is None:
+            return method
+        if bound_to is module:
+            return method.__func__  # pyright: ignore[reportFunctionMemberAccess]
+        raise TypeError(
+            "lazymod.init: `method` is a method bound to another object; pass the "
+            f"method's name, or an unbound function such as `{name}.<method>`."
+        )
+    raise TypeError(
+        f"lazymod.init: `method` must be a method name, a function or None; got "
+        f"{type(method).__name__}."
+    )
+
+
+@dataclasses.dataclass
+class _Rebuild:
+    """How to turn the arrays computed by the trace back into trees."""
+
+    root: Any  # the working copy, with its paths, for error messages
+    leaves: list[Any]
+    treedef: Any
+    array_positions: list[int]
+    inter_leaves: list[Any]
+    inter_treedef: Any
+    inter_positions: list[int]
+
+    @property
+    def num_params(self) -> int:
+        return len(self.array_positions)
+
+    def unflatten(self, values: Sequence[Any]) -> tuple[Any, dict[str, Any] | None]:
+        leaves = list(self.leaves)
+        for position, value in zip(self.array_positions, values):
+            leaves[position] = value
+        inter_leaves = list(self.inter_leaves)
+        for position, value in zip(self.inter_positions, values[self.num_params :]):
+            inter_leaves[position] = value
+        result = jtu.tree_unflatten(self.treedef, leaves)
+        return result, jtu.tree_unflatten(self.inter_treedef, inter_leaves)
+
+
+def _trace(
+    module: Any,
+    context: InitContext,
+    function: Callable[..., Any] | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> tuple[Any, Any, _Rebuild]:
+    input_leaves, input_treedef = jtu.tree_flatten((args, kwargs))
+    spec_positions = [
+        i for i, leaf in enumerate(input_leaves) if isinstance(leaf, jax.ShapeDtypeStruct)
+    ]
+    rebuild: list[_Rebuild] = []
+
+    def run(*traced_specs: jax.Array) -> list[jax.Array]:
+        leaves = list(input_leaves)
+        for position, traced in zip(spec_positions, traced_specs):
+            leaves[position] = traced
+        call_args, call_kwargs = jtu.tree_unflatten(input_treedef, leaves)
+        working = _run_initializers(module, context)
+        modules = _register_modules(working, context)
+        context.phase = "rng_init"
+        _run_rng_inits(working, modules, context)
+        if function is not None:
+            context.phase = "call"
+            with context.running(working):
+                try:
+                    function(working, *call_args, **call_kwargs)
+                except Exception as error:
+                    error.add_note(f"(while lazymod.init ran {type(module).__name__})")
+                    raise
+        context.phase = "done"
+        for submodule in modules:
+            _check_static_fields(working, submodule, context)
+        leaves, treedef = jtu.tree_flatten(working)
+        positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array)]
+        inter_leaves, inter_treedef = jtu.tree_flatten(context.intermediates)
+        inter_positions = [i for i, leaf in enumerate(inter_leaves) if isinstance(leaf, jax.Array)]
+        rebuild.append(
+            _Rebuild(
+                working, leaves, treedef, positions, inter_leaves, inter_treedef, inter_positions
+            )
+        )
+        return [leaves[i] for i in positions] + [inter_leaves[i] for i in inter_positions]
+
+    specs = [input_leaves[i] for i in spec_positions]
+    with active(context), jax.ensure_compile_time_eval():
+        closed, out_shapes = jax.make_jaxpr(run, return_shape=True)(*specs)
+    return closed, out_shapes, rebuild[0]
+
+
+def _run_initializers(module: Any, context: InitContext) -> Any:
+    """Phase 1: a copy of `module` with every `Initializer` replaced by its value. The
+    copy is made by one flatten and one unflatten, so it shares no module object with
+    the input."""
+    leaves_with_paths, treedef = jtu.tree_flatten_with_path(module, is_leaf=is_sentinel)
+    leaves = []
+    for path, leaf in leaves_with_paths:
+        if isinstance(leaf, Initializer):
+            leaf = _run_initializer(module, path, leaf, context)
+        leaves.append(leaf)
+    return jtu.tree_unflatten(treedef, leaves)
+
+
+def _run_initializer(
+    root: Any, path: KeyPath, initializer: Initializer, context: InitContext
+) -> jax.Array:
+    where = display_path(root, path)
+    stream = initializer.stream
+    key = derive_key(context.root_key(stream), stream, "initializer", path)
+    try:
+        value = initializer.fn(key)
+    except (InitError, UninitializedError):
+        raise
+    except Exception as error:
+        raise InitError(
+            f"{where}: its Initializer raised {type(error).__name__}: {error}"
+        ) from error
+    if isinstance(value, np.ndarray):
+        value = jnp.asarray(value)
+    if not isinstance(value, jax.Array):
+        raise InitError(
+            f"{where}: its Initializer returned {type(value).__name__} {value!r}, not an "
+            "array. An Initializer's function must return a jax.Array: write "
+            "`lambda key: jnp.asarray(...)` for a constant."
+        )
+    return value
+
+
+def _register_modules(root: Any, context: InitContext) -> list[Module]:
+    """Record the path of the root and of every `lazymod.Module` below it; return the
+    `lazymod.Module`s children first, in field order."""
+    context.add_module(root, ())
+    order: list[Module] = []
+
+    def visit(node: Any, path: KeyPath) -> None:
+        children = jtu.tree_leaves_with_path(
+            node, is_leaf=lambda x: x is not node and isinstance(x, eqx.Module)
+        )
+        for child_path, child in children:
+            if isinstance(child, eqx.Module) and not is_sentinel(child):
+                full_path = path + child_path
+                visit(child, full_path)
+                if isinstance(child, Module):
+                    context.add_module(child, full_path)
+                    order.append(child)
+
+    visit(root, ())
+    if isinstance(root, Module):
+        order.append(root)
+    return order
+
+
+def _run_rng_inits(root: Any, modules: list[Module], context: InitContext) -> None:
+    for submodule in modules:
+        if type(submodule).rng_init is Module.rng_init:
+            continue
+        with context.running(submodule):
+            try:
+                submodule.rng_init()
+            except (InitError, UninitializedError):
+                raise
+            except Exception as error:
+                where = display_path(root, context.paths[id(submodule)])
+                raise InitError(
+                    f"{where} ({type(submodule).__name__}): rng_init raised "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+
+
+def _check_static_fields(root: Any, module: Module, context: InitContext) -> None:
+    for field in dataclasses.fields(module):
+        if not field.metadata.get("static", False):
+            continue
+        value = getattr(module, field.name, None)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(value)):
+            where = display_path(root, context.paths[id(module)])
+            raise InitError(
+                f"{where}.{field.name}: a traced array was assigned to this static field "
+                "during init, which would leak a tracer. Static fields hold Python "
+                "values (ints, strings, shapes); declare the field without "
+                "`static=True` to store an array."
+            )
+
+
+def _materialize(
+    module: Any, closed: jex_core.ClosedJaxpr, out_shapes: list[Any], rebuild: _Rebuild
+) -> list[Any]:
+    """The value of every output of the trace: computed where it does not depend on a
+    spec, a `ShapeDtypeStruct` (intermediates) or an error (fields) where it does."""
+    jaxpr = closed.jaxpr
+    depends = _depends_on_inputs(jaxpr)
+    leaked = [i for i in range(rebuild.num_params) if depends[i]]
+    if leaked:
+        _raise_data_dependent(module, rebuild, leaked)
+    keep = [not d for d in depends]
+    computed = iter(_evaluate(closed, keep))
+    return [
+        next(computed) if k else jax.ShapeDtypeStruct(shape.shape, shape.dtype)
+        for k, shape in zip(keep, out_shapes)
+    ]
+
+
+def _depends_on_inputs(jaxpr: jex_core.Jaxpr) -> list[bool]:
+    tainted = set(jaxpr.invars)
+    for eqn in jaxpr.eqns:
+        if any(isinstance(v, jex_core.Var) and v in tainted for v in eqn.invars):
+            tainted.update(eqn.outvars)
+    return [isinstance(v, jex_core.Var) and v in tainted for v in jaxpr.outvars]
+
+
+def _evaluate(closed: jex_core.ClosedJaxpr, keep: list[bool]) -> list[Any]:
+    """Evaluate the outputs marked in `keep`, running only the equations they need."""
+    jaxpr = closed.jaxpr
+    outvars = [v for v, k in zip(jaxpr.outvars, keep) if k]
+    needed = {v for v in outvars if isinstance(v, jex_core.Var)}
+    eqns = []
+    for eqn in reversed(jaxpr.eqns):
+        if any(v in needed for v in eqn.outvars):
+            eqns.append(eqn)
+            needed.update(v for v in eqn.invars if isinstance(v, jex_core.Var))
+    eqns.reverse()
+    if not eqns:  # the usual eager case: every value is already a constant
+        env = dict(zip(jaxpr.constvars, closed.consts))
+        return [v.val if isinstance(v, jex_core.Literal) else env[v] for v in outvars]
+    pruned = jaxpr.replace(eqns=eqns, outvars=outvars)
+    return jax.core.eval_jaxpr(pruned, closed.consts, *[None] * len(jaxpr.invars))
+
+
+def _raise_data_dependent(module: Any, rebuild: _Rebuild, leaked: list[int]) -> None:
+    leaves_with_paths = jtu.tree_leaves_with_path(rebuild.root)
+    names = [display_path(module, leaves_with_paths[rebuild.array_positions[i]][0]) for i in leaked]
+    raise InitError(
+        f"{', '.join(names)}: {'these values depend' if len(names) > 1 else 'this value depends'} "
+        "on the values of an input that lazymod.init only knows as a "
+        "jax.ShapeDtypeStruct (its shape and dtype). For a data-dependent "
+        "initialization, pass real arrays to lazymod.init; otherwise compute the value "
+        "from shapes and keys only."
+    )
+
+
+def _check_complete(result: Any, partial: bool) -> None:
+    if partial:
+        return
+    left = sentinels_with_paths(result)
+    if left:
+        lines = "\n".join(
+            f"  {display_path(result, path)} "
+            f"({'Initializer' if isinstance(leaf, Initializer) else 'lazy placeholder'})"
+            for path, leaf in left
+        )
+        raise InitError(
+            f"lazymod.init left {len(left)} field{'s' if len(left) > 1 else ''} "
+            f"uninitialized:\n{lines}\nThe inputs never reached the code that sets "
+            "them (a branch not taken, or a method not run). Pass inputs (or `method=`) "
+            "that reach them, or `partial=True` to get the partly initialized module "
+            "and initialize the rest with a later lazymod.init."
+        )

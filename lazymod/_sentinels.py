@@ -1,0 +1,146 @@
+"""The two things a lazy module may hold in place of an array: `Initializer`s and
+placeholders. Both are pytrees with no leaves, so a module holding them can still be
+passed through `jax.jit`, `eqx.filter_jit` or `jax.tree_util` functions; they are
+replaced when `lazymod.init` runs."""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.tree_util as jtu
+
+from ._paths import KeyPath
+
+
+class Initializer(eqx.Module):
+    """A field value that `lazymod.init` replaces with `fn(key)`.
+
+    The key is drawn from the RNG stream `stream` and derived from the field's path in
+    the tree, so adding or removing other fields never changes the value this one gets.
+    Initializers run first, before any `rng_init` hook and before the forward pass.
+
+    **Arguments:**
+
+    - `fn`: a function `key -> array`, for example
+        `lambda key: jax.random.uniform(key, (1,))`.
+    - `stream`: the name of the RNG stream the key comes from (default `"params"`). A
+        stream that `lazymod.init` was not given a key for falls back to `"params"`.
+
+    !!! example
+
+        ```python
+        import jax
+        import lazymod as lm
+
+        class Scale(lm.Module):
+            a: jax.Array | lm.Initializer
+
+            def __init__(self):
+                self.a = lm.Initializer(lambda key: jax.random.uniform(key, shape=(1,)))
+
+        module = Scale().init(42)
+        assert module.a.shape == (1,)
+        ```
+    """
+
+    fn: Callable[[Any], jax.Array] = eqx.field(static=True)
+    stream: str = eqx.field(static=True, default="params")
+
+    def __check_init__(self) -> None:
+        if not callable(self.fn):
+            raise TypeError(
+                f"lazymod.Initializer(fn) needs a function key -> array; got "
+                f"{type(self.fn).__name__}."
+            )
+        if not isinstance(self.stream, str):
+            raise TypeError(
+                f"lazymod.Initializer(..., stream=...) must be a str; got "
+                f"{type(self.stream).__name__}."
+            )
+
+
+class Placeholder(eqx.Module):
+    """The value of a field that will be set during `lazymod.init`. Made by
+    [`lazymod.lazy`][]."""
+
+    def __repr__(self) -> str:
+        return "lazy()"
+
+
+_PLACEHOLDER = Placeholder()
+
+
+def lazy() -> Any:
+    """A placeholder for a field that is set during `lazymod.init`, by `rng_init` or by
+    an `if self.initializing():` block. Use it as the field's default.
+
+    **Returns:**
+
+    A placeholder. Calling a module that still holds one raises
+    [`lazymod.UninitializedError`][].
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        class Dense(lm.Module):
+            features_out: int
+            w: jax.Array = lm.lazy()
+
+            def __call__(self, x):
+                if self.initializing():
+                    self.w = jax.random.uniform(
+                        key=lm.next_key(), shape=[x.shape[-1], self.features_out]
+                    )
+                return x @ self.w
+
+        dense = lm.init(Dense(3), 0, jax.ShapeDtypeStruct((5,), jnp.float32))
+        assert dense.w.shape == (5, 3)
+        ```
+    """
+    return _PLACEHOLDER
+
+
+def is_sentinel(x: Any) -> bool:
+    """True for an `Initializer` or a placeholder."""
+    return isinstance(x, (Initializer, Placeholder))
+
+
+def sentinels_with_paths(tree: Any) -> list[tuple[KeyPath, Any]]:
+    """Every `Initializer` and placeholder in `tree`, with its path."""
+    leaves = jtu.tree_leaves_with_path(tree, is_leaf=is_sentinel)
+    return [(path, leaf) for path, leaf in leaves if is_sentinel(leaf)]
+
+
+def is_initialized(tree: Any) -> bool:
+    """True if `tree` holds no `Initializer` and no placeholder anywhere: it is ready to
+    be called, trained and serialised.
+
+    **Arguments:**
+
+    - `tree`: any pytree, usually a module.
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        class Bias(lm.Module):
+            b: jax.Array = lm.lazy()
+
+            def __call__(self, x):
+                if self.initializing():
+                    self.b = jnp.zeros(x.shape)
+                return x + self.b
+
+        assert not lm.is_initialized(Bias())
+        assert lm.is_initialized(lm.init(Bias(), 0, jnp.ones(3)))
+        ```
+    """
+    return not any(is_sentinel(leaf) for leaf in jtu.tree_leaves(tree, is_leaf=is_sentinel))
