@@ -65,7 +65,7 @@ def main() -> None:
             return jnp.mean((jax.vmap(model)(xs) - ys) ** 2)
 
         loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
-        model = jax.tree.map(lambda p, g: p - 0.1 * g, model, grads)
+        model = eqx.apply_updates(model, jax.tree.map(lambda g: -0.1 * g, grads))
         return model, loss
 
     for i in range(steps):
