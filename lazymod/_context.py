@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
+import jax
+from jax.extend import core as jex_core
 from jaxtyping import PRNGKeyArray
 
 from ._errors import InitError
@@ -25,6 +27,15 @@ class InitContext:
         self.stack: list[Any] = []  # the modules whose code is running, innermost last
         self.counters: dict[tuple[int, str, str], int] = {}
         self.intermediates: dict[str, Any] | None = {} if capture else None
+        self.trace: Any = None  # the trace init runs in; set when it starts
+
+    def is_foreign_tracer(self, value: Any) -> bool:
+        """True for a tracer of a transformation that the model itself applied during
+        init (a `jax.vmap` or `jax.lax.scan` in its forward pass): it must not escape."""
+        return (
+            isinstance(value, jax.core.Tracer)
+            and getattr(value, "_trace", self.trace) is not self.trace
+        )
 
     def add_module(self, module: Any, path: KeyPath) -> None:
         if id(module) not in self.paths:
@@ -69,6 +80,11 @@ class InitContext:
         while name in self.intermediates:
             count += 1
             name = f"{base}#{count}"
+        if self.trace is not current_trace():
+            output = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if isinstance(x, jax.Array) else x,
+                output,
+            )
         self.intermediates[name] = output
 
     @contextlib.contextmanager
@@ -78,6 +94,12 @@ class InitContext:
             yield
         finally:
             self.stack.pop()
+
+
+def current_trace() -> Any:
+    """The JAX trace that operations are staged into right now."""
+    with jex_core.take_current_trace() as trace:
+        return trace
 
 
 _current: ContextVar[InitContext | None] = ContextVar("lazymod_init", default=None)

@@ -29,7 +29,7 @@ import jax.tree_util as jtu
 import numpy as np
 from jax.extend import core as jex_core
 
-from ._context import active, InitContext
+from ._context import active, current_trace, InitContext
 from ._errors import InitError, UninitializedError
 from ._keys import derive_key, normalize_keys
 from ._module import Module
@@ -239,6 +239,7 @@ def _trace(
         for position, traced in zip(spec_positions, traced_specs):
             leaves[position] = traced
         call_args, call_kwargs = jtu.tree_unflatten(input_treedef, leaves)
+        context.trace = current_trace()
         working = _run_initializers(module, context)
         modules = _register_modules(working, context)
         context.phase = "rng_init"
@@ -256,6 +257,7 @@ def _trace(
             _check_static_fields(working, submodule, context)
         leaves, treedef = jtu.tree_flatten(working)
         positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array)]
+        _check_no_foreign_tracers(working, leaves, positions, context)
         inter_leaves, inter_treedef = jtu.tree_flatten(context.intermediates)
         inter_positions = [i for i, leaf in enumerate(inter_leaves) if isinstance(leaf, jax.Array)]
         rebuild.append(
@@ -363,6 +365,21 @@ def _check_static_fields(root: Any, module: Module, context: InitContext) -> Non
                 "values (ints, strings, shapes); declare the field without "
                 "`static=True` to store an array."
             )
+
+
+def _check_no_foreign_tracers(
+    root: Any, leaves: list[Any], positions: list[int], context: InitContext
+) -> None:
+    foreign = [i for i in positions if context.is_foreign_tracer(leaves[i])]
+    if foreign:
+        paths = [path for path, _ in jtu.tree_leaves_with_path(root)]
+        names = ", ".join(display_path(root, paths[i]) for i in foreign)
+        raise InitError(
+            f"{names}: assigned a value traced inside a JAX transformation that the "
+            "forward pass applies (jax.vmap, jax.lax.scan, jax.jit, ...); it cannot leave "
+            "that transformation. Assign fields from shapes and keys only, or outside "
+            "the transformation."
+        )
 
 
 def _materialize(
