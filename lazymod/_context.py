@@ -29,6 +29,14 @@ class InitContext:
         self.intermediates: dict[str, Any] | None = {} if capture else None
         self.trace: Any = None  # the trace init runs in; set when it starts
 
+    def release(self) -> None:
+        """Forget the working copies and captured outputs, which may hold tracers."""
+        self.paths.clear()
+        self.modules.clear()
+        self.stack.clear()
+        self.intermediates = None
+        self.trace = None
+
     def is_foreign_tracer(self, value: Any) -> bool:
         """True for a tracer of a transformation that the model itself applied during
         init (a `jax.vmap` or `jax.lax.scan` in its forward pass): it must not escape."""

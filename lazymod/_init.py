@@ -196,12 +196,13 @@ def _resolve_method(
 
 @dataclasses.dataclass
 class _Rebuild:
-    """How to turn the arrays computed by the trace back into trees."""
+    """How to turn the arrays computed by the trace back into trees. Holds no tracer:
+    every array position is `None` until `unflatten` fills it."""
 
-    root: Any  # the working copy, with its paths, for error messages
     leaves: list[Any]
     treedef: Any
     array_positions: list[int]
+    array_paths: list[KeyPath]  # for error messages
     inter_leaves: list[Any]
     inter_treedef: Any
     inter_positions: list[int]
@@ -240,37 +241,65 @@ def _trace(
             leaves[position] = traced
         call_args, call_kwargs = jtu.tree_unflatten(input_treedef, leaves)
         context.trace = current_trace()
-        working = _run_initializers(module, context)
-        modules = _register_modules(working, context)
-        context.phase = "rng_init"
-        _run_rng_inits(working, modules, context)
-        if function is not None:
-            context.phase = "call"
-            with context.running(working):
-                try:
-                    function(working, *call_args, **call_kwargs)
-                except Exception as error:
-                    error.add_note(f"(while lazymod.init ran {type(module).__name__})")
-                    raise
-        context.phase = "done"
-        for submodule in modules:
-            _check_static_fields(working, submodule, context)
-        leaves, treedef = jtu.tree_flatten(working)
-        positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array)]
-        _check_no_foreign_tracers(working, leaves, positions, context)
-        inter_leaves, inter_treedef = jtu.tree_flatten(context.intermediates)
-        inter_positions = [i for i, leaf in enumerate(inter_leaves) if isinstance(leaf, jax.Array)]
-        rebuild.append(
-            _Rebuild(
-                working, leaves, treedef, positions, inter_leaves, inter_treedef, inter_positions
-            )
-        )
-        return [leaves[i] for i in positions] + [inter_leaves[i] for i in inter_positions]
+        try:
+            working = _run_all(module, context, function, call_args, call_kwargs)
+            outputs, built = _flatten_result(working, context)
+        finally:
+            context.release()  # no reference to a tracer may outlive the trace
+        rebuild.append(built)
+        return outputs
 
     specs = [input_leaves[i] for i in spec_positions]
     with active(context), jax.ensure_compile_time_eval():
         closed, out_shapes = jax.make_jaxpr(run, return_shape=True)(*specs)
     return closed, out_shapes, rebuild[0]
+
+
+def _run_all(
+    module: Any,
+    context: InitContext,
+    function: Callable[..., Any] | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """The three mechanisms, in the seed's order, on a working copy of `module`."""
+    working = _run_initializers(module, context)
+    modules = _register_modules(working, context)
+    context.phase = "rng_init"
+    _run_rng_inits(working, modules, context)
+    if function is not None:
+        context.phase = "call"
+        with context.running(working):
+            try:
+                function(working, *args, **kwargs)
+            except Exception as error:
+                error.add_note(f"(while lazymod.init ran {type(module).__name__})")
+                raise
+    context.phase = "done"
+    for submodule in modules:
+        _check_static_fields(working, submodule, context)
+    return working
+
+
+def _flatten_result(working: Any, context: InitContext) -> tuple[list[jax.Array], _Rebuild]:
+    leaves_with_paths, treedef = jtu.tree_flatten_with_path(working)
+    leaves = [leaf for _, leaf in leaves_with_paths]
+    positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array)]
+    paths = [leaves_with_paths[i][0] for i in positions]
+    foreign = [path for i, path in zip(positions, paths) if context.is_foreign_tracer(leaves[i])]
+    if foreign:
+        _raise_foreign_tracers(working, foreign)
+    inter_leaves, inter_treedef = jtu.tree_flatten(context.intermediates)
+    inter_positions = [i for i, leaf in enumerate(inter_leaves) if isinstance(leaf, jax.Array)]
+    outputs = [leaves[i] for i in positions] + [inter_leaves[i] for i in inter_positions]
+    for i in positions:
+        leaves[i] = None
+    for i in inter_positions:
+        inter_leaves[i] = None
+    built = _Rebuild(
+        leaves, treedef, positions, paths, inter_leaves, inter_treedef, inter_positions
+    )
+    return outputs, built
 
 
 def _run_initializers(module: Any, context: InitContext) -> Any:
@@ -367,19 +396,14 @@ def _check_static_fields(root: Any, module: Module, context: InitContext) -> Non
             )
 
 
-def _check_no_foreign_tracers(
-    root: Any, leaves: list[Any], positions: list[int], context: InitContext
-) -> None:
-    foreign = [i for i in positions if context.is_foreign_tracer(leaves[i])]
-    if foreign:
-        paths = [path for path, _ in jtu.tree_leaves_with_path(root)]
-        names = ", ".join(display_path(root, paths[i]) for i in foreign)
-        raise InitError(
-            f"{names}: assigned a value traced inside a JAX transformation that the "
-            "forward pass applies (jax.vmap, jax.lax.scan, jax.jit, ...); it cannot leave "
-            "that transformation. Assign fields from shapes and keys only, or outside "
-            "the transformation."
-        )
+def _raise_foreign_tracers(root: Any, paths: list[KeyPath]) -> None:
+    names = ", ".join(display_path(root, path) for path in paths)
+    raise InitError(
+        f"{names}: assigned a value traced inside a JAX transformation that the "
+        "forward pass applies (jax.vmap, jax.lax.scan, jax.jit, ...); it cannot leave "
+        "that transformation. Assign fields from shapes and keys only, or outside "
+        "the transformation."
+    )
 
 
 def _materialize(
@@ -427,10 +451,10 @@ def _evaluate(closed: jex_core.ClosedJaxpr, keep: list[bool]) -> list[Any]:
 
 
 def _raise_data_dependent(module: Any, rebuild: _Rebuild, leaked: list[int]) -> None:
-    leaves_with_paths = jtu.tree_leaves_with_path(rebuild.root)
-    names = [display_path(module, leaves_with_paths[rebuild.array_positions[i]][0]) for i in leaked]
+    names = [display_path(module, rebuild.array_paths[i]) for i in leaked]
     raise InitError(
-        f"{', '.join(names)}: {'these values depend' if len(names) > 1 else 'this value depends'} "
+        f"{', '.join(names)}: "
+        f"{'these values depend' if len(names) > 1 else 'this value depends'} "
         "on the values of an input that lazymod.init only knows as a "
         "jax.ShapeDtypeStruct (its shape and dtype). For a data-dependent "
         "initialization, pass real arrays to lazymod.init; otherwise compute the value "

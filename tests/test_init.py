@@ -483,3 +483,109 @@ def test_data_dependent_init_under_jit_with_spec_is_still_an_error():
 
     with pytest.raises(lm.InitError, match="depends on the values"):
         eqx.filter_jit(lambda k: lm.init(Mean(), k, spec(3)))(jax.random.key(0))
+
+
+# --- the engine's edges -----------------------------------------------------------------
+
+
+def test_rng_init_runs_children_before_parents():
+    order = []
+
+    class Leaf(lm.Module):
+        name: str = eqx.field(static=True)
+
+        def rng_init(self):
+            order.append(self.name)
+
+    class Parent(lm.Module):
+        left: Leaf
+        right: Leaf
+        name: str = eqx.field(static=True, default="parent")
+
+        def rng_init(self):
+            order.append(self.name)
+
+    lm.init(Parent(Leaf("left"), Leaf("right")), 0)
+    assert order == ["left", "right", "parent"]
+
+
+def test_rng_init_errors_name_the_module():
+    class Broken(lm.Module):
+        def rng_init(self):
+            raise ValueError("bad")
+
+    with pytest.raises(
+        lm.InitError, match=r"list\[1\] \(Broken\): rng_init raised ValueError: bad"
+    ):
+        lm.init([Linear(2), Broken()], 0)
+
+
+def test_assigning_an_undeclared_field_during_init():
+    class Typo(lm.Module):
+        w: jax.Array = lm.lazy()
+
+        def __call__(self, x):
+            if self.initializing():
+                self.weight = jnp.zeros(3)
+            return x
+
+    with pytest.raises(AttributeError, match="Typo has no field 'weight'"):
+        lm.init(Typo(), 0, spec(3))
+
+
+def test_tracer_in_a_static_field_is_an_error():
+    class StaticShift(lm.Module):
+        shift: Any = eqx.field(static=True, default=None)
+
+        def __call__(self, x):
+            if self.initializing():
+                self.shift = x.sum()
+            return x
+
+    with pytest.raises(lm.InitError, match=r"StaticShift\.shift: a traced array"):
+        lm.init(StaticShift(), 0, spec(3))
+
+
+def test_field_assigned_inside_a_forward_vmap_from_data_is_an_error():
+    class PerExample(lm.Module):
+        shift: jax.Array = lm.lazy()
+
+        def __call__(self, x):
+            def one(row):
+                if self.initializing():
+                    self.shift = row * 2
+                return row
+
+            return jax.vmap(one)(x)
+
+    with pytest.raises(lm.InitError, match=r"PerExample\.shift: assigned a value traced inside"):
+        lm.init(PerExample(), 0, jnp.ones((2, 3)))
+
+
+def test_a_failed_init_leaves_no_state_behind():
+    class Fails(lm.Module):
+        def __call__(self, x):
+            lm.next_key()
+            raise RuntimeError("forward failed")
+
+    with pytest.raises(RuntimeError, match="forward failed") as info:
+        lm.init(Fails(), 0, spec(2))
+    assert any("lazymod.init ran Fails" in note for note in info.value.__notes__)
+    with pytest.raises(lm.InitError, match="outside lazymod.init"):
+        lm.next_key()
+    assert lm.init(Linear(2), 0, spec(3)).w.shape == (3, 2)
+
+
+def test_no_tracer_leaks():
+    model = MLP([Linear(3), Linear(2)])
+    with jax.checking_leaks():
+        lm.init(model, 0, spec(4))
+        eqx.filter_jit(lm.init)(model, jax.random.key(0), spec(4))
+        lm.init_shapes(model, spec(4))
+
+
+def test_typed_keys_of_another_impl():
+    key = jax.random.key(0, impl="rbg")
+    model = lm.init(Linear(2), key, spec(3))
+    assert model.w.shape == (3, 2)
+    assert tree_bit_equal(model, lm.init(Linear(2), key, spec(3)))
