@@ -1,5 +1,6 @@
 """lazymod: lazy, shape-inferred initialization for Equinox modules."""
 
+from . import nn as nn
 from ._context import next_key as next_key
 from ._errors import InitError as InitError, UninitializedError as UninitializedError
 from ._init import init as init, init_shapes as init_shapes
@@ -9,6 +10,7 @@ from ._sentinels import (
     is_initialized as is_initialized,
     lazy as lazy,
 )
+from ._stateful import init_with_state as init_with_state
 
 
 __version__ = "0.1.0"

@@ -28,6 +28,7 @@ class InitContext:
         self.counters: dict[tuple[int, str, str], int] = {}
         self.intermediates: dict[str, Any] | None = {} if capture else None
         self.trace: Any = None  # the trace init runs in; set when it starts
+        self.root_name = "module"  # the type name of the tree being initialized
 
     def release(self) -> None:
         """Forget the working copies and captured outputs, which may hold tracers."""
@@ -124,6 +125,15 @@ def active(context: InitContext) -> Iterator[InitContext]:
         yield context
     finally:
         _current.reset(token)
+
+
+def describe(module: Any) -> str:
+    """Where `module` sits in the tree being initialized, as an error message names it
+    (`Model.layers[0]`); its type name outside init."""
+    context = _current.get()
+    if context is None or not context.owns(module):
+        return type(module).__name__
+    return context.root_name + path_str(context.paths[id(module)], leading_dot=True)
 
 
 def next_key(stream: str = DEFAULT_STREAM) -> PRNGKeyArray:

@@ -241,6 +241,7 @@ def _trace(
             leaves[position] = traced
         call_args, call_kwargs = jtu.tree_unflatten(input_treedef, leaves)
         context.trace = current_trace()
+        context.root_name = type(module).__name__
         try:
             working = _run_all(module, context, function, call_args, call_kwargs)
             outputs, built = _flatten_result(working, context)
@@ -278,7 +279,26 @@ def _run_all(
     context.phase = "done"
     for submodule in modules:
         _check_static_fields(working, submodule, context)
+    if any(_materializes(submodule) for submodule in modules):
+        working = _replace_materialized(working)
     return working
+
+
+def _materializes(node: Any) -> bool:
+    return isinstance(node, Module) and type(node)._materialize is not Module._materialize
+
+
+def _replace_materialized(tree: Any) -> Any:
+    """Replace every module that overrides `_materialize` by what it returns (which
+    may itself hold such modules)."""
+
+    def replace(node: Any) -> Any:
+        if not _materializes(node):
+            return node
+        out = node._materialize()
+        return out if out is node else _replace_materialized(out)
+
+    return jtu.tree_map(replace, tree, is_leaf=_materializes)
 
 
 def _flatten_result(working: Any, context: InitContext) -> tuple[list[jax.Array], _Rebuild]:

@@ -86,6 +86,14 @@ class Module(eqx.Module):
         sees its submodules' `rng_init` results.
         """
 
+    def _materialize(self) -> Any:
+        """What this module becomes in the tree `lazymod.init` returns; by default
+        itself. `lazymod.nn` layers override it to become the Equinox layer they built,
+        so that a materialized layer *is* an `equinox.nn` layer. Called once init has
+        run the forward pass, children first; a module still holding placeholders (a
+        partial init) should return itself."""
+        return self
+
     if not TYPE_CHECKING:  # type checkers keep treating modules as frozen
 
         def __setattr__(self, name: str, value: Any) -> None:

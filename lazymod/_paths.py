@@ -11,17 +11,16 @@ import jax.tree_util as jtu
 KeyPath = tuple[Any, ...]
 
 
-def path_str(path: Sequence[Any]) -> str:
-    """`(GetAttrKey('layers'), SequenceKey(0), GetAttrKey('weight'))` -> `layers[0].weight`."""
+def path_str(path: Sequence[Any], leading_dot: bool = False) -> str:
+    """`(GetAttrKey('layers'), SequenceKey(0), GetAttrKey('weight'))` -> `layers[0].weight`
+    (or `.layers[0].weight`, to append to a name)."""
     text = "".join(_entry_str(entry) for entry in path)
-    return text[1:] if text.startswith(".") else text
+    return text if leading_dot or not text.startswith(".") else text[1:]
 
 
 def display_path(root: Any, path: Sequence[Any]) -> str:
     """The path as a user reads it in an error message: `Model.layers[0].weight`."""
-    name = type(root).__name__
-    text = "".join(_entry_str(entry) for entry in path)
-    return name + text
+    return type(root).__name__ + "".join(_entry_str(entry) for entry in path)
 
 
 def _entry_str(entry: Any) -> str:

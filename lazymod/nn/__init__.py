@@ -1,0 +1,35 @@
+"""`lazymod.nn`: a drop-in namespace for `equinox.nn`. Layers that need to know their
+input's shape are lazy here (declared without it, built by `lazymod.init`, and
+`equinox.nn` layers afterwards); every other name is Equinox's own."""
+
+from equinox.nn import (
+    AdaptiveAvgPool1d as AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d as AdaptiveAvgPool2d,
+    AdaptiveAvgPool3d as AdaptiveAvgPool3d,
+    AdaptiveMaxPool1d as AdaptiveMaxPool1d,
+    AdaptiveMaxPool2d as AdaptiveMaxPool2d,
+    AdaptiveMaxPool3d as AdaptiveMaxPool3d,
+    AdaptivePool as AdaptivePool,
+    AvgPool1d as AvgPool1d,
+    AvgPool2d as AvgPool2d,
+    AvgPool3d as AvgPool3d,
+    delete_init_state as delete_init_state,
+    Dropout as Dropout,
+    Embedding as Embedding,
+    Identity as Identity,
+    inference_mode as inference_mode,
+    Lambda as Lambda,
+    MaxPool1d as MaxPool1d,
+    MaxPool2d as MaxPool2d,
+    MaxPool3d as MaxPool3d,
+    Pool as Pool,
+    Sequential as Sequential,
+    Shared as Shared,
+    State as State,
+    StatefulLayer as StatefulLayer,
+    StateIndex as StateIndex,
+)
+
+from ._batch_norm import BatchNorm as BatchNorm
+from ._lazy import LazyLayer as LazyLayer
+from ._linear import Linear as Linear

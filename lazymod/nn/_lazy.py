@@ -1,0 +1,54 @@
+"""What every lazy layer shares: it builds its Equinox counterpart from the first input
+it sees during `lazymod.init`, runs it, and is replaced by it in the returned tree."""
+
+from typing import Any
+
+import equinox as eqx
+
+from .._context import describe
+from .._errors import InitError
+from .._module import Module
+from .._sentinels import is_sentinel, lazy
+
+
+class LazyLayer(Module):
+    """Base class of the `lazymod.nn` layers. A subclass stores the constructor
+    arguments of an Equinox layer, less those it infers, and implements `_build`; its
+    `__call__` gets the layer with `self._layer_for(...)` and calls it. After
+    `lazymod.init` the lazy layer is gone: the tree holds the Equinox layer it built.
+    """
+
+    layer: Any = lazy()
+
+    def _build(self, *args: Any, **kwargs: Any) -> eqx.Module:
+        raise NotImplementedError
+
+    def _layer_for(self, *args: Any, **kwargs: Any) -> Any:
+        """The Equinox layer: built from the inputs while init runs this layer."""
+        if self.initializing():
+            self.layer = self._build(*args, **kwargs)
+        return self.layer
+
+    def _materialize(self) -> Any:
+        return self if is_sentinel(self.layer) else self.layer
+
+    def _bad_input(self, expected: str, got: Any) -> InitError:
+        """An error naming this layer's path, the expected and the received shape."""
+        shape = getattr(got, "shape", None)
+        received = f"shape {tuple(shape)}" if shape is not None else type(got).__name__
+        return InitError(
+            f"{describe(self)} ({type(self).__name__}): expected {expected}; got an input "
+            f"of {received}. lazymod.nn layers take unbatched inputs, as Equinox layers "
+            "do: apply jax.vmap over the batch axis."
+        )
+
+
+def with_layer_state(state: eqx.nn.State, layer: Any) -> eqx.nn.State:
+    """`state` plus the initial state of `layer`'s `StateIndex`es, for a stateful layer
+    that was built during init and has to run before `lazymod.init_with_state` can
+    collect the final state."""
+    added = eqx.nn.State(layer)
+    combined = object.__new__(eqx.nn.State)
+    # eqx.nn.State offers no public way to add entries; it is a dict underneath.
+    combined._state = {**state._state, **added._state}  # pyright: ignore[reportAttributeAccessIssue]
+    return combined
