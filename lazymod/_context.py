@@ -14,6 +14,7 @@ from jaxtyping import PRNGKeyArray
 from ._errors import InitError
 from ._keys import DEFAULT_STREAM, derive_key
 from ._paths import KeyPath, path_str
+from ._sentinels import ClaimedPlaceholder, field_items, Placeholder
 
 
 class InitContext:
@@ -24,6 +25,8 @@ class InitContext:
         self.phase = "initializers"  # then "rng_init", then "call"
         self.paths: dict[int, KeyPath] = {}  # id(working module) -> its path
         self.modules: list[Any] = []  # keeps the ids above alive and unique
+        self.owners: dict[int, Any] = {}  # id(placeholder token) -> the module it is in
+        self.originals: dict[int, Any] = {}  # id(copy of a working module) -> the module
         self.stack: list[Any] = []  # the modules whose code is running, innermost last
         self.counters: dict[tuple[int, str, str], int] = {}
         self.intermediates: dict[str, Any] | None = {} if capture else None
@@ -34,6 +37,8 @@ class InitContext:
         """Forget the working copies and captured outputs, which may hold tracers."""
         self.paths.clear()
         self.modules.clear()
+        self.owners.clear()
+        self.originals.clear()
         self.stack.clear()
         self.intermediates = None
         self.trace = None
@@ -51,8 +56,36 @@ class InitContext:
             self.paths[id(module)] = path
             self.modules.append(module)
 
+    def claim_placeholders(self, module: Any) -> None:
+        """Mark the placeholders in `module`'s fields as this init's, so that a copy of
+        `module` made during the forward pass is recognised (see `owns`)."""
+        for name, value in field_items(module):
+            if type(value) is Placeholder:
+                token = object()
+                self.owners[id(token)] = module
+                self.modules.append(token)
+                object.__setattr__(module, name, ClaimedPlaceholder(token))
+
     def owns(self, module: Any) -> bool:
-        return id(module) in self.paths
+        """True for a working module, and for a copy of one made while the forward pass
+        runs (it is then an alias: what it is assigned is written to the original)."""
+        if id(module) in self.paths:
+            return True
+        if self.phase != "call":
+            return False
+        for _, value in field_items(module):
+            if isinstance(value, ClaimedPlaceholder) and id(value.token) in self.owners:
+                original = self.owners[id(value.token)]
+                if type(original) is type(module):
+                    self.paths[id(module)] = self.paths[id(original)]
+                    self.originals[id(module)] = original
+                    self.modules.append(module)
+                    return True
+        return False
+
+    def original(self, module: Any) -> Any:
+        """The working module that `module` is (or is a copy of)."""
+        return self.originals.get(id(module), module)
 
     def root_key(self, stream: str) -> PRNGKeyArray:
         try:
@@ -70,7 +103,7 @@ class InitContext:
             ) from None
 
     def next_key(self, stream: str) -> PRNGKeyArray:
-        module = self.stack[-1]
+        module = self.original(self.stack[-1])
         counter = (id(module), self.phase, stream)
         count = self.counters.get(counter, 0)
         self.counters[counter] = count + 1

@@ -34,12 +34,20 @@ from ._errors import InitError, UninitializedError
 from ._keys import derive_key, normalize_keys
 from ._module import Module
 from ._paths import display_path, KeyPath
-from ._sentinels import Initializer, is_sentinel, sentinels_with_paths
+from ._sentinels import (
+    ClaimedPlaceholder,
+    field_items,
+    Initializer,
+    is_sentinel,
+    lazy,
+    sentinels_with_paths,
+)
 
 
 def init(
     module: Any,
     key: Any,
+    /,
     *args: Any,
     method: str | Callable[..., Any] | None = None,
     partial: bool = False,
@@ -117,6 +125,7 @@ def init(
 
 def init_shapes(
     module: Any,
+    /,
     *args: Any,
     method: str | Callable[..., Any] | None = None,
     partial: bool = False,
@@ -279,9 +288,17 @@ def _run_all(
     context.phase = "done"
     for submodule in modules:
         _check_static_fields(working, submodule, context)
+        _release_placeholders(submodule)
     if any(_materializes(submodule) for submodule in modules):
         working = _replace_materialized(working)
     return working
+
+
+def _release_placeholders(module: Module) -> None:
+    """Put back the plain placeholder where one is left (with `partial=True`)."""
+    for name, value in field_items(module):
+        if isinstance(value, ClaimedPlaceholder):
+            object.__setattr__(module, name, lazy())
 
 
 def _materializes(node: Any) -> bool:
@@ -376,10 +393,12 @@ def _register_modules(root: Any, context: InitContext) -> list[Module]:
                 visit(child, full_path)
                 if isinstance(child, Module):
                     context.add_module(child, full_path)
+                    context.claim_placeholders(child)
                     order.append(child)
 
     visit(root, ())
     if isinstance(root, Module):
+        context.claim_placeholders(root)
         order.append(root)
     return order
 

@@ -12,7 +12,7 @@ import jax.tree_util as jtu
 from ._context import current_context
 from ._errors import UninitializedError
 from ._paths import display_path
-from ._sentinels import is_sentinel
+from ._sentinels import field_items, is_sentinel
 
 
 # Methods of `Module` itself, which must not be tracked (see `_track`).
@@ -59,7 +59,7 @@ class Module(eqx.Module):
             if _is_trackable(name, value):
                 setattr(cls, name, _track(value))
 
-    def init(self, key: Any, *args: Any, **kwargs: Any) -> Any:
+    def init(self, key: Any, /, *args: Any, **kwargs: Any) -> Any:
         """`module.init(key, *args, **kwargs)` is `lazymod.init(module, key, *args,
         **kwargs)`: see [`lazymod.init`][]."""
         from ._init import init
@@ -106,6 +106,9 @@ class Module(eqx.Module):
                         "before assigning it during init."
                     )
                 object.__setattr__(self, name, value)
+                original = context.original(self)
+                if original is not self:  # a copy made during the forward pass
+                    object.__setattr__(original, name, value)
                 return
             try:
                 super().__setattr__(name, value)
@@ -155,7 +158,7 @@ def _track(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _pending_fields(module: Any) -> list[str]:
     pending = []
-    for name, value in vars(module).items():
+    for name, value in field_items(module):
         if isinstance(value, (list, tuple)):
             items = value
         elif isinstance(value, dict):

@@ -3,6 +3,7 @@ placeholders. Both are pytrees with no leaves, so a module holding them can stil
 passed through `jax.jit`, `eqx.filter_jit` or `jax.tree_util` functions; they are
 replaced when `lazymod.init` runs."""
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +72,15 @@ class Placeholder(eqx.Module):
 _PLACEHOLDER = Placeholder()
 
 
+class ClaimedPlaceholder(Placeholder):
+    """A placeholder in a working copy that `lazymod.init` owns. Its token survives the
+    copies a forward pass may make of its module (`eqx.tree_at`, `eqx.nn.Shared`), so
+    init can tell such a copy from a stranger and write what it builds back to the
+    module it owns."""
+
+    token: object = eqx.field(static=True)
+
+
 def lazy() -> Any:
     """A placeholder for a field that is set during `lazymod.init`, by `rng_init` or by
     an `if self.initializing():` block. Use it as the field's default.
@@ -103,6 +113,12 @@ def lazy() -> Any:
         ```
     """
     return _PLACEHOLDER
+
+
+def field_items(module: Any) -> list[tuple[str, Any]]:
+    """The `(name, value)` of every dataclass field of `module`, including a field left
+    at its class-level default (which is not in the instance's `__dict__`)."""
+    return [(f.name, getattr(module, f.name, None)) for f in dataclasses.fields(module)]
 
 
 def is_sentinel(x: Any) -> bool:

@@ -9,6 +9,7 @@ from ._init import init
 def init_with_state(
     module: Any,
     key: Any,
+    /,
     *args: Any,
     method: str | Callable[..., Any] | None = None,
     partial: bool = False,

@@ -22,18 +22,23 @@ def python_blocks(text: str) -> list[str]:
 
 
 def public_objects() -> list[tuple[str, object]]:
+    """lazymod's public names and lazymod.nn's own layers (not the names it re-exports
+    from equinox.nn), with their public methods."""
     objects = []
-    for name in lazymod.__all__ if hasattr(lazymod, "__all__") else dir(lazymod):
-        if name.startswith("_"):
-            continue
-        obj = getattr(lazymod, name)
-        if inspect.ismodule(obj) or not hasattr(obj, "__doc__"):
-            continue
-        objects.append((name, obj))
-        if inspect.isclass(obj):
-            for attr, member in vars(obj).items():
-                if not attr.startswith("_") and callable(member):
-                    objects.append((f"{name}.{attr}", member))
+    for prefix, namespace in (("lazymod", lazymod), ("lazymod.nn", lazymod.nn)):
+        for name in dir(namespace):
+            obj = getattr(namespace, name)
+            if name.startswith("_") or inspect.ismodule(obj):
+                continue
+            if not getattr(obj, "__module__", "").startswith("lazymod"):
+                continue
+            objects.append((f"{prefix}.{name}", obj))
+            if inspect.isclass(obj):
+                for attr, member in vars(obj).items():
+                    if (not attr.startswith("_") or attr in ("__init__", "__call__")) and callable(
+                        member
+                    ):
+                        objects.append((f"{prefix}.{name}.{attr}", member))
     return objects
 
 
@@ -51,9 +56,9 @@ def test_page_examples_run(page: Path) -> None:
 )
 def test_docstring_examples_run(name: str, obj: object) -> None:
     doc = inspect.getdoc(obj)
-    assert doc, f"lazymod.{name} has no docstring"
+    assert doc, f"{name} has no docstring"
     for number, block in enumerate(python_blocks(doc + "\n")):
-        exec(compile(block, f"lazymod.{name}[block {number}]", "exec"), {"__name__": name})
+        exec(compile(block, f"{name}[block {number}]", "exec"), {"__name__": name})
 
 
 def test_every_page_has_an_example() -> None:

@@ -19,6 +19,7 @@ from equinox.nn import (
     Identity as Identity,
     inference_mode as inference_mode,
     Lambda as Lambda,
+    make_with_state as make_with_state,
     MaxPool1d as MaxPool1d,
     MaxPool2d as MaxPool2d,
     MaxPool3d as MaxPool3d,

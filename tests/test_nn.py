@@ -1,0 +1,220 @@
+"""lazymod.nn as a whole: the drop-in namespace, Linear, and lazy layers inside
+containers, Sequential, Shared and user modules. Each layer family has its own file
+(test_nn_conv.py, test_nn_norm.py, ...)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lazymod as lm
+
+from .helpers import spec, tree_bit_equal
+
+
+# --- Linear --------------------------------------------------------------------------
+
+
+def arrays_of(module):
+    return jax.tree.map(lambda x: (x.shape, x.dtype), eqx.filter(module, eqx.is_array))
+
+
+@pytest.mark.parametrize("in_shape, out_features", [((5,), 3), ((), 4), ((5,), "scalar")])
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_linear_matches_equinox(in_shape, out_features, use_bias):
+    layer = lm.init(lm.nn.Linear(out_features, use_bias=use_bias), 0, spec(*in_shape))
+    in_features = in_shape[0] if in_shape else "scalar"
+    reference = eqx.nn.Linear(in_features, out_features, use_bias, key=jax.random.key(1))
+    assert type(layer) is eqx.nn.Linear
+    assert arrays_of(layer) == arrays_of(reference)
+    assert (layer.in_features, layer.out_features, layer.use_bias) == (
+        reference.in_features,
+        reference.out_features,
+        reference.use_bias,
+    )
+    same_arrays = eqx.tree_at(
+        lambda m: (m.weight, m.bias),
+        reference,
+        (layer.weight, layer.bias),
+        is_leaf=lambda x: x is None,
+    )
+    x = jax.random.normal(jax.random.key(2), in_shape)
+    np.testing.assert_array_equal(layer(x), same_arrays(x))
+
+
+def uniform_like(a, bound):
+    """`a` looks like a sample of U(-bound, bound): its extremes, mean and std agree
+    within five standard errors for its size."""
+    n = a.size
+    std = bound / 3**0.5
+    return (
+        float(jnp.max(jnp.abs(a))) <= bound
+        and float(jnp.max(jnp.abs(a))) > 0.9 * bound
+        and abs(float(jnp.mean(a))) < 5 * std / n**0.5
+        and abs(float(jnp.std(a)) / std - 1) < 5 * (0.8 / (4 * n)) ** 0.5
+    )
+
+
+def test_linear_default_init_statistics_match_equinox():
+    ours = lm.init(lm.nn.Linear(256), 0, spec(512))
+    theirs = eqx.nn.Linear(512, 256, key=jax.random.key(5))
+    bound = 1 / 512**0.5  # Equinox's default: U(-1/sqrt(in_features), 1/sqrt(in_features))
+    for name in ("weight", "bias"):
+        assert uniform_like(getattr(theirs, name), bound)  # the reference agrees
+        assert uniform_like(getattr(ours, name), bound), name
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
+def test_linear_dtype(dtype):
+    layer = lm.init(lm.nn.Linear(3, dtype=dtype), 0, spec(4, dtype=dtype))
+    assert layer.weight.dtype == dtype and layer.bias.dtype == dtype
+
+
+def test_linear_wrong_rank_names_path_expected_and_received():
+    model = lm.nn.Sequential([lm.nn.Linear(3), lm.nn.Linear(2)])
+    with pytest.raises(lm.InitError) as info:
+        lm.init(model, 0, spec(4, 5))
+    message = str(info.value)
+    assert "Sequential.layers[0] (Linear)" in message
+    assert "(in_features,)" in message and "shape (4, 5)" in message and "jax.vmap" in message
+
+
+def test_linear_under_filter_jit_and_init_shapes():
+    model = [lm.nn.Linear(3), {"head": lm.nn.Linear(2)}]
+
+    def forward(m, x):
+        return m[1]["head"](m[0](x))
+
+    eager = lm.init(model, 0, spec(4), method=forward)
+    jitted = eqx.filter_jit(lambda m, k: lm.init(m, k, spec(4), method=forward))(
+        model, jax.random.key(0)
+    )
+    assert tree_bit_equal(eager, jitted)
+    shapes = lm.init_shapes(model, spec(4), method=forward)
+    assert shapes[1]["head"].weight.shape == (2, 3)
+
+
+# --- composition -----------------------------------------------------------------------
+
+
+class Block(lm.Module):
+    linear: lm.nn.Linear
+    dropout: eqx.nn.Dropout
+
+    def __init__(self, width: int):
+        self.linear = lm.nn.Linear(width)
+        self.dropout = lm.nn.Dropout(0.5)
+
+    def __call__(self, x, *, key=None):
+        return self.dropout(jax.nn.relu(self.linear(x)), key=key)
+
+
+class PlainModel(eqx.Module):
+    blocks: tuple
+    head: lm.nn.Linear
+
+    def __call__(self, x, *, key=None):
+        for block in self.blocks:
+            x = block(x, key=key)
+        return self.head(x)
+
+
+def test_lazy_layers_in_user_modules_plain_modules_and_tuples():
+    model = PlainModel((Block(8), Block(8)), lm.nn.Linear(2))
+    out = lm.init(model, 0, spec(3), key=jax.random.key(9))
+    assert type(out) is PlainModel and type(out.blocks[0]) is Block
+    assert type(out.blocks[1].linear) is eqx.nn.Linear
+    assert out.blocks[0].linear.weight.shape == (8, 3)
+    assert out.head.weight.shape == (2, 8)
+    y = out(jnp.ones(3), key=jax.random.key(1))
+    assert y.shape == (2,)
+
+
+def test_dropout_and_inference_mode():
+    model = lm.init(Block(16), 0, spec(4), key=jax.random.key(0))
+    x = jnp.ones(4)
+    a = model(x, key=jax.random.key(1))
+    b = model(x, key=jax.random.key(2))
+    assert not jnp.array_equal(a, b)
+    frozen = lm.nn.inference_mode(model)
+    np.testing.assert_array_equal(frozen(x), jax.nn.relu(model.linear(x)))
+
+
+def test_sequential_infers_sizes_through_lambdas():
+    model = lm.nn.Sequential(
+        [lm.nn.Linear(6), lm.nn.Lambda(jax.nn.relu), lm.nn.Lambda(jnp.ravel), lm.nn.Linear(2)]
+    )
+    out = lm.init(model, 0, spec(4))
+    assert type(out) is eqx.nn.Sequential
+    assert [type(layer) for layer in out.layers] == [
+        eqx.nn.Linear,
+        eqx.nn.Lambda,
+        eqx.nn.Lambda,
+        eqx.nn.Linear,
+    ]
+    assert out.layers[3].in_features == 6
+
+
+def test_shared_with_lazy_children():
+    # Tie an embedding to the output projection; the layer in between is lazy.
+    class TiedModel(eqx.Module):
+        shared: eqx.nn.Shared
+
+        def __init__(self):
+            embedding = lm.nn.Embedding(10, 4, key=jax.random.key(0))
+            head = eqx.nn.Linear(4, 10, use_bias=False, key=jax.random.key(1))
+            middle = lm.nn.Linear(4)
+            self.shared = lm.nn.Shared(
+                (embedding, middle, head),
+                where=lambda t: t[2].weight,
+                get=lambda t: t[0].weight,
+            )
+
+        def __call__(self, token):
+            embedding, middle, head = self.shared()
+            return head(middle(embedding(token)))
+
+    model = lm.init(TiedModel(), 0, jnp.array(3))
+    embedding, middle, head = model.shared()
+    assert type(middle) is eqx.nn.Linear and middle.weight.shape == (4, 4)
+    np.testing.assert_array_equal(head.weight, embedding.weight)
+    assert model(jnp.array(3)).shape == (10,)
+
+
+def test_init_with_state_without_stateful_layers_is_make_with_state():
+    model, state = lm.init_with_state(lm.nn.Linear(3), 0, spec(2), method=lambda m, x, s: (m(x), s))
+    assert type(model) is eqx.nn.Linear and isinstance(state, eqx.nn.State)
+
+
+def test_calling_an_uninitialized_lazy_layer_says_to_init():
+    with pytest.raises(lm.UninitializedError, match=r"Linear.*'layer'.*lazymod.init"):
+        lm.nn.Linear(3)(jnp.ones(2))
+
+
+def test_copies_made_by_the_forward_pass_are_initialized_too():
+    # The forward pass rebuilds its tree with eqx.tree_at before calling the lazy layer:
+    # what the copy builds lands in the model init returns.
+    class Scaled(eqx.Module):
+        inner: list
+        scale: jax.Array
+
+        def __call__(self, x):
+            copy = eqx.tree_at(lambda m: m.scale, self, self.scale * 2)
+            return copy.inner[0](x) * copy.scale
+
+    model = lm.init(Scaled([lm.nn.Linear(3)], jnp.array(1.0)), 0, spec(2))
+    assert type(model.inner[0]) is eqx.nn.Linear and model.inner[0].weight.shape == (3, 2)
+    assert lm.is_initialized(model)
+
+
+def test_key_keyword_reaches_the_forward_pass():
+    seen = []
+
+    class Noisy(lm.Module):
+        def __call__(self, x, *, key):
+            seen.append(key)
+            return x
+
+    lm.init(Noisy(), 0, spec(2), key=jax.random.key(3))
+    assert len(seen) == 1
