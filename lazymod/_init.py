@@ -17,6 +17,7 @@ One call of `init` goes through these steps, top to bottom:
 4. One `tree_unflatten` builds the new module; `_check_complete` lists what is left.
 """
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from jax.extend import core as jex_core
 
 from ._context import active, current_trace, InitContext
 from ._errors import InitError, UninitializedError
+from ._evaluate import can_evaluate, evaluate
 from ._keys import derive_key, normalize_keys
 from ._module import Module
 from ._paths import display_path, KeyPath
@@ -113,8 +115,16 @@ def init(
         raise TypeError("lazymod.init: `partial` and `capture_intermediates` must be bool.")
     keys = normalize_keys(key)
     function = _resolve_method(module, method, has_inputs=bool(args or kwargs))
-    context = InitContext(keys, capture=capture_intermediates)
-    closed, out_shapes, rebuild = _trace(module, context, function, args, kwargs)
+    try:
+        # Staged: the whole construction becomes one jaxpr, evaluated afterwards
+        # without compiling a program per parameter shape (see _evaluate.py).
+        context = InitContext(keys, capture=capture_intermediates)
+        closed, out_shapes, rebuild = _trace(module, context, function, args, kwargs, True)
+    except _NEEDS_VALUES:
+        # The code branches on values (data-dependent init with real arrays): run it
+        # op by op, so concrete inputs give concrete values.
+        context = InitContext(keys, capture=capture_intermediates)
+        closed, out_shapes, rebuild = _trace(module, context, function, args, kwargs, False)
     values = _materialize(module, closed, out_shapes, rebuild)
     result, intermediates = rebuild.unflatten(values)
     _check_complete(result, partial)
@@ -203,6 +213,14 @@ def _resolve_method(
     )
 
 
+# What JAX raises when Python code needs the value of a traced array.
+_NEEDS_VALUES = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
 @dataclasses.dataclass
 class _Rebuild:
     """How to turn the arrays computed by the trace back into trees. Holds no tracer:
@@ -237,6 +255,7 @@ def _trace(
     function: Callable[..., Any] | None,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    staged: bool,
 ) -> tuple[Any, Any, _Rebuild]:
     input_leaves, input_treedef = jtu.tree_flatten((args, kwargs))
     spec_positions = [
@@ -260,7 +279,8 @@ def _trace(
         return outputs
 
     specs = [input_leaves[i] for i in spec_positions]
-    with active(context), jax.ensure_compile_time_eval():
+    eager = contextlib.nullcontext() if staged else jax.ensure_compile_time_eval()
+    with active(context), eager:
         closed, out_shapes = jax.make_jaxpr(run, return_shape=True)(*specs)
     return closed, out_shapes, rebuild[0]
 
@@ -482,11 +502,13 @@ def _evaluate(closed: jex_core.ClosedJaxpr, keep: list[bool]) -> list[Any]:
             eqns.append(eqn)
             needed.update(v for v in eqn.invars if isinstance(v, jex_core.Var))
     eqns.reverse()
-    if not eqns:  # the usual eager case: every value is already a constant
+    if not eqns:  # every value is already a constant
         env = dict(zip(jaxpr.constvars, closed.consts))
         return [v.val if isinstance(v, jex_core.Literal) else env[v] for v in outvars]
-    pruned = jaxpr.replace(eqns=eqns, outvars=outvars)
-    return jax.core.eval_jaxpr(pruned, closed.consts, *[None] * len(jaxpr.invars))
+    pruned = jex_core.ClosedJaxpr(jaxpr.replace(eqns=eqns, outvars=outvars), closed.consts)
+    if can_evaluate(pruned):
+        return evaluate(pruned, outvars)
+    return jax.core.eval_jaxpr(pruned.jaxpr, pruned.consts, *[None] * len(jaxpr.invars))
 
 
 def _raise_data_dependent(module: Any, rebuild: _Rebuild, leaked: list[int]) -> None:

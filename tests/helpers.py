@@ -20,7 +20,8 @@ def _bit_equal(x: Any, y: Any) -> bool:
         return False
     if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
         x, y = jax.random.key_data(x), jax.random.key_data(y)
-    return bool(np.array_equal(np.asarray(x).view(np.uint8), np.asarray(y).view(np.uint8)))
+    x, y = np.asarray(x).reshape(-1), np.asarray(y).reshape(-1)
+    return bool(np.array_equal(x.view(np.uint8), y.view(np.uint8)))
 
 
 def spec(*shape: int, dtype: Any = jnp.float32) -> jax.ShapeDtypeStruct:

@@ -1,0 +1,340 @@
+"""Evaluate the jaxpr traced by `lazymod.init` without compiling one program per
+parameter shape.
+
+Run op by op, JAX compiles every random sampler and every elementwise op once for
+each new shape (about half a second per parameter shape on a CPU); jit-compiling
+the whole construction instead costs minutes for deep models. Here, a value built
+only from `random_bits` (threefry), scalars and elementwise ops stays symbolic until
+needed, and is then computed in fixed-size chunks of its flattened form by one
+compiled program per *structure* (say, "uniform in [a, b)"), whatever its shape and
+constants. Threefry's bits depend only on the key and the element's flat index, so
+each chunk is bit for bit what the op-by-op (or jitted) computation gives for those
+elements. Everything else is evaluated as `jax.core.eval_jaxpr` would.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend import core as jex_core
+from jax.extend.random import threefry2x32_p, threefry_prng_impl
+
+
+# Chunk sizes (elements): small values use the small one, so a 32-wide layer does not
+# pay for 2**18 random numbers; large values use the large one, for few dispatches.
+_SMALL_CHUNK = 2**12
+_LARGE_CHUNK = 2**18
+
+_ELEMENTWISE = frozenset(
+    """abs acos acosh add and asin asinh atan atan2 atanh bitcast_convert_type cbrt ceil clamp clz
+    convert_element_type copy copy_p cos cosh digamma div eq erf erf_inv erfc exp exp2
+    expm1 floor ge gt integer_pow is_finite le lgamma log log1p logistic lt max min mul
+    ne neg nextafter not or population_count pow reduce_precision rem round rsqrt
+    select_n shift_left shift_right_arithmetic shift_right_logical sign sin sinh sqrt
+    square stop_gradient sub tan tanh xor""".split()
+)
+_CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "custom_jvp_call"})
+_RESHAPES = frozenset({"reshape", "squeeze"})
+
+
+@dataclasses.dataclass(eq=False)
+class _Symbolic:
+    """A value not computed yet: `kind` is "bits" (threefry bits of `key`), "fill" (a
+    size-1 value broadcast to `shape`) or "op" (an elementwise primitive). A value is
+    `per_element` if it varies along its flattened index; otherwise it has size 1."""
+
+    shape: tuple[int, ...]
+    dtype: Any
+    kind: str
+    per_element: bool
+    key: Any = None  # "bits": the raw key data, uint32[2]
+    width: int = 32  # "bits": the bit width
+    primitive: Any = None  # "op"
+    params: tuple[tuple[str, Any], ...] = ()  # "op"
+    inputs: tuple[Any, ...] = ()  # "op", "fill": _Symbolic or concrete size-1 values
+    value: Any = None  # set once computed
+
+
+def evaluate(closed: jex_core.ClosedJaxpr, outvars: Sequence[Any]) -> list[Any]:
+    """The values of `outvars` (variables or literals of `closed.jaxpr`), which must
+    not depend on the jaxpr's inputs."""
+    jaxpr = closed.jaxpr.replace(outvars=list(outvars))
+    outs = _eval(jaxpr, closed.consts, [None] * len(jaxpr.invars))
+    return [_concrete(out) for out in outs]
+
+
+def can_evaluate(closed: jex_core.ClosedJaxpr) -> bool:
+    """Whether `evaluate` applies: nothing in the jaxpr has side effects. Constants
+    may be tracers of an enclosing transformation (`eqx.filter_jit(lazymod.init)`):
+    the same chunk programs then run inside it, so values are the same."""
+    return not closed.jaxpr.effects
+
+
+def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
+    env: dict[Any, Any] = {}
+
+    def read(v: Any) -> Any:
+        if isinstance(v, jex_core.Literal):
+            return np.asarray(v.val, v.aval.dtype) if np.ndim(v.val) == 0 else v.val
+        return env[v]
+
+    env.update(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    for eqn in jaxpr.eqns:
+        outs = _eval_eqn(eqn, [read(v) for v in eqn.invars])
+        for var, out in zip(eqn.outvars, outs):
+            env[var] = out
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
+    name = eqn.primitive.name
+    symbolic = any(isinstance(x, _Symbolic) for x in ins)
+    if name in _CALLS and _worth_inlining(eqn, symbolic):
+        closed = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+        return _eval(closed.jaxpr, closed.consts, ins)
+    if len(eqn.outvars) != 1 or eqn.primitive.multiple_results:
+        return _bind(eqn, ins)
+    aval = eqn.outvars[0].aval
+    shape, dtype = tuple(aval.shape), aval.dtype
+    if name == "random_bits":
+        if eqn.params["bit_width"] <= 32 and _is_threefry_key(ins[0]):
+            key = _host(jax.random.key_data(ins[0]))
+            width = eqn.params["bit_width"]
+            return [_Symbolic(shape, dtype, "bits", True, key=key, width=width)]
+        return _bind(eqn, ins)
+    if name == "broadcast_in_dim" and _is_scalar(ins[0]):
+        if _size(shape) == 1:
+            return [_reshaped(ins[0], shape)]
+        return [_Symbolic(shape, dtype, "fill", True, inputs=(ins[0],))]
+    if name in _RESHAPES and isinstance(ins[0], _Symbolic):
+        return [_reshaped(ins[0], shape)]
+    if name in _ELEMENTWISE and _elementwise_inputs(eqn, ins):
+        params = tuple(sorted(eqn.params.items()))
+        try:
+            hash(params)
+        except TypeError:
+            return _bind(eqn, ins)
+        per_element = any(isinstance(x, _Symbolic) and x.per_element for x in ins)
+        node = _Symbolic(
+            shape,
+            dtype,
+            "op",
+            per_element,
+            primitive=eqn.primitive,
+            params=params,
+            inputs=tuple(ins),
+        )
+        return [node]
+    return _bind(eqn, ins)
+
+
+def _size(shape: Sequence[int]) -> int:
+    return int(np.prod(shape, dtype=int))
+
+
+def _is_scalar(x: Any) -> bool:
+    """A size-1 value that a chunk program can take: symbolic and not per element, or
+    an array (concrete, or a tracer of an enclosing transformation)."""
+    if isinstance(x, _Symbolic):
+        return not x.per_element
+    return np.size(x) == 1 and _plain_dtype(x)
+
+
+def _plain_dtype(x: Any) -> bool:
+    return not jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.extended)
+
+
+def _reshaped(x: Any, shape: tuple[int, ...]) -> Any:
+    if isinstance(x, _Symbolic):
+        return (
+            dataclasses.replace(x, shape=shape, value=None)
+            if x.value is None
+            else (x.value.reshape(shape))
+        )
+    return jnp.reshape(x, shape)
+
+
+def _bind(eqn: Any, ins: list[Any]) -> list[Any]:
+    ins = [_concrete(x) for x in ins]
+    params = eqn.primitive.get_bind_params(eqn.params)
+    with eqn.ctx.manager:
+        out = eqn.primitive.bind(*ins, **params)
+    return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def _worth_inlining(eqn: Any, symbolic: bool) -> bool:
+    """Run a call's body here if it takes or makes a value worth keeping symbolic;
+    otherwise bind it (small calls, like key derivation, compile once and are reused)."""
+    closed = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+    if not isinstance(closed, jex_core.ClosedJaxpr):
+        return False
+    return symbolic or any(np.prod(v.aval.shape, dtype=int) > 1 for v in eqn.outvars)
+
+
+def _is_threefry_key(x: Any) -> bool:
+    return (
+        isinstance(x, jax.Array)
+        and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+        and x.shape == ()
+        and getattr(x.dtype, "_impl", None) is threefry_prng_impl
+        and bool(jax.config.jax_threefry_partitionable)  # pyright: ignore[reportAttributeAccessIssue]
+    )
+
+
+def _elementwise_inputs(eqn: Any, ins: list[Any]) -> bool:
+    """Every input is a scalar, or per element with the output's shape."""
+    shape = tuple(eqn.outvars[0].aval.shape)
+    for x in ins:
+        if isinstance(x, _Symbolic) and x.per_element:
+            if x.shape != shape:
+                return False
+        elif not _is_scalar(x):
+            return False
+    if eqn.primitive.name == "bitcast_convert_type":
+        old, new = np.dtype(ins[0].dtype), np.dtype(eqn.outvars[0].aval.dtype)
+        return old.itemsize == new.itemsize
+    return True
+
+
+def _concrete(x: Any) -> Any:
+    if not isinstance(x, _Symbolic):
+        return x
+    if x.value is None:
+        x.value = _compute(x)
+    return x.value
+
+
+def _compute(root: _Symbolic) -> jax.Array:
+    """Compute a symbolic value chunk by chunk with the compiled program for its
+    structure."""
+    nodes: list[tuple[Any, ...]] = []
+    keys: list[np.ndarray] = []
+    scalars: list[np.ndarray] = []
+    arrays: list[np.ndarray] = []  # computed per-element values, flattened
+    index: dict[int, int] = {}
+
+    def ref(x: Any) -> tuple[str, int]:
+        if isinstance(x, _Symbolic):
+            return ("node", visit(x))
+        scalars.append(_host(x).reshape(()))
+        return ("scalar", len(scalars) - 1)
+
+    def visit(node: _Symbolic) -> int:
+        if id(node) in index:
+            return index[id(node)]
+        if node.value is not None and node.per_element:  # computed already
+            arrays.append(_host(node.value).reshape(-1))
+            spec: tuple[Any, ...] = ("array", len(arrays) - 1)
+        elif node.value is not None:
+            spec = ("value", ref(node.value))
+        elif node.kind == "bits":
+            keys.append(node.key)
+            spec = ("bits", len(keys) - 1, node.width)
+        elif node.kind == "fill":
+            spec = ("fill", ref(node.inputs[0]))
+        else:
+            refs = tuple(ref(x) for x in node.inputs)
+            spec = ("op", node.primitive, node.params, refs, node.per_element)
+        nodes.append(spec)
+        index[id(node)] = len(nodes) - 1
+        return len(nodes) - 1
+
+    visit(root)
+    size = _size(root.shape)
+    if not root.per_element:
+        program = _program(tuple(nodes), tuple(s.dtype for s in scalars), 1)
+        out = program(np.zeros(2, np.uint32), keys, scalars, [])
+        return _device(out.reshape(root.shape))
+    chunk = _SMALL_CHUNK if size <= 4 * _SMALL_CHUNK else _LARGE_CHUNK
+    program = _program(tuple(nodes), tuple(s.dtype for s in scalars), chunk)
+    parts = [
+        program(
+            np.array([start >> 32, start & 0xFFFFFFFF], np.uint32),
+            keys,
+            scalars,
+            [_padded(a[start : start + chunk], chunk) for a in arrays],
+        )
+        for start in range(0, size, chunk)
+    ]
+    if any(isinstance(part, jax.core.Tracer) for part in parts):  # inside jit, vmap, ...
+        return jnp.concatenate(parts)[:size].reshape(root.shape)
+    out = np.empty(size, np.dtype(root.dtype))
+    for number, part in enumerate(parts):
+        start = number * chunk
+        stop = min(size, start + chunk)
+        out[start:stop] = np.asarray(part)[: stop - start]
+    return jax.device_put(out.reshape(root.shape))
+
+
+def _host(x: Any) -> Any:
+    """`x` as a NumPy array, or as it is if it is a tracer."""
+    return x if isinstance(x, jax.core.Tracer) else np.asarray(x)
+
+
+def _device(x: Any) -> Any:
+    return x if isinstance(x, jax.core.Tracer) else jax.device_put(np.asarray(x))
+
+
+def _padded(a: Any, length: int) -> Any:
+    if a.size == length:
+        return a
+    return (
+        jnp.pad(a, (0, length - a.size))
+        if isinstance(a, jax.core.Tracer)
+        else np.pad(a, (0, length - a.size))
+    )
+
+
+@functools.cache
+def _program(nodes: tuple[tuple[Any, ...], ...], scalar_dtypes: tuple[Any, ...], chunk: int):
+    """One compiled program per structure: computes `chunk` consecutive elements
+    (from the flat index `offset`) of the value that `nodes` describe. Values that are
+    not per element are computed once, as 0-d arrays."""
+    del scalar_dtypes  # part of the cache key only
+
+    def run(
+        offset: jax.Array,
+        keys: list[jax.Array],
+        scalars: list[jax.Array],
+        arrays: list[jax.Array],
+    ) -> jax.Array:
+        # The barriers keep XLA from folding constants into, or fusing callers with,
+        # this computation: inlined into an enclosing jit it computes the same bits.
+        scalars, arrays = lax.optimization_barrier((scalars, arrays))
+        iota = lax.iota(np.uint32, chunk)
+        low = offset[1] + iota
+        high = offset[0] + (low < iota).astype(np.uint32)  # carry into the high word
+        values: list[jax.Array] = []
+
+        def read(ref: tuple[str, int], per_element: bool) -> jax.Array:
+            kind, i = ref
+            x = values[i] if kind == "node" else scalars[i]
+            return jnp.broadcast_to(x, (chunk,)) if per_element and x.ndim == 0 else x
+
+        for spec in nodes:
+            if spec[0] == "bits":
+                _, k, width = spec
+                bits1, bits2 = threefry2x32_p.bind(keys[k][0], keys[k][1], high, low)
+                bits = bits1 ^ bits2
+                if width != 32:
+                    bits = lax.convert_element_type(bits, np.dtype(f"uint{width}"))
+                values.append(bits)
+            elif spec[0] == "fill":
+                values.append(read(spec[1], True))
+            elif spec[0] == "value":
+                values.append(read(spec[1], False).reshape(()))
+            elif spec[0] == "array":
+                values.append(arrays[spec[1]])
+            else:
+                _, primitive, params, refs, per_element = spec
+                ins = [read(r, per_element) for r in refs]
+                values.append(primitive.bind(*ins, **dict(params)))
+        return lax.optimization_barrier(values[-1])
+
+    return jax.jit(run)

@@ -1,0 +1,103 @@
+"""lazymod's evaluator (lazymod/_evaluate.py) computes initial values chunk by chunk with
+one compiled program per structure. Whatever the shape, dtype or distribution, its
+values must be bit for bit those JAX computes directly."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lazymod as lm
+from lazymod._evaluate import _LARGE_CHUNK, _SMALL_CHUNK, evaluate
+
+from .helpers import tree_bit_equal
+
+
+SAMPLERS = {
+    "uniform": lambda k, s, d: jax.random.uniform(k, s, d, -0.3, 0.7),
+    "normal": lambda k, s, d: jax.random.normal(k, s, d),
+    "truncated_normal": lambda k, s, d: jax.random.truncated_normal(k, -2.0, 2.0, s, d),
+    "bits": lambda k, s, d: jax.random.bits(k, s),
+    "bernoulli": lambda k, s, d: jax.random.bernoulli(k, 0.3, s),
+    "he_normal": lambda k, s, d: jax.nn.initializers.he_normal()(k, s, d),
+    "glorot_uniform": lambda k, s, d: jax.nn.initializers.glorot_uniform()(k, s, d),
+    "lecun_normal": lambda k, s, d: jax.nn.initializers.lecun_normal()(k, s, d),
+    "orthogonal": lambda k, s, d: jax.nn.initializers.orthogonal()(k, s, d),
+    "ones": lambda k, s, d: jnp.ones(s, d),
+    "constant": lambda k, s, d: jax.nn.initializers.constant(0.25)(k, s, d),
+    "scaled": lambda k, s, d: (jax.random.normal(k, s, d) * 0.02 + 1).astype(d),
+}
+# What JAX computes in one compiled function (with its constants as arguments, as the
+# evaluator has them) comes out bit for bit the same. Elsewhere XLA may fuse `x * a + b`
+# into one rounding (a fused multiply-add) where op-by-op JAX rounds twice: 1 ulp.
+EXACT = {"uniform", "normal", "truncated_normal", "bits", "bernoulli", "ones", "constant"}
+# Across the small/large chunk threshold and across a large chunk's end.
+SHAPES = [(), (7,), (3, 5), (4 * _SMALL_CHUNK + 1,), (2, _LARGE_CHUNK // 2 + 3)]
+
+
+def direct_and_evaluated(sampler, shape, dtype):
+    key = jax.random.key(42)
+    direct = sampler(key, shape, dtype)
+    closed = jax.make_jaxpr(lambda: sampler(key, shape, dtype))()
+    (evaluated,) = evaluate(closed, closed.jaxpr.outvars)
+    return direct, evaluated
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_values_equal_jax_bit_for_bit(name, shape):
+    if name in ("he_normal", "glorot_uniform", "lecun_normal", "orthogonal") and len(shape) < 2:
+        shape = (*shape, 3, 4)[-2:] if shape else (3, 4)
+    direct, evaluated = direct_and_evaluated(SAMPLERS[name], shape, jnp.float32)
+    assert_same(direct, evaluated, exact=name in EXACT)
+
+
+def assert_same(direct, evaluated, exact):
+    assert (evaluated.shape, evaluated.dtype) == (direct.shape, direct.dtype)
+    if exact:
+        assert tree_bit_equal(direct, evaluated)
+    else:
+        np.testing.assert_array_max_ulp(np.asarray(direct), np.asarray(evaluated), maxulp=1)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("name", ["uniform", "normal", "truncated_normal", "scaled"])
+def test_low_precision_values_equal_jax(name, dtype):
+    direct, evaluated = direct_and_evaluated(SAMPLERS[name], (5, 1000), dtype)
+    assert evaluated.dtype == dtype
+    if dtype == jnp.float32 or name in EXACT:
+        assert_same(direct, evaluated, exact=name in EXACT)
+    else:  # NumPy has no ulp arithmetic for these: compare as float32, within one ulp
+        step = float(jnp.finfo(dtype).eps)
+        diff = np.abs(np.asarray(direct, np.float32) - np.asarray(evaluated, np.float32))
+        assert np.all(diff <= step * np.maximum(1, np.abs(np.asarray(direct, np.float32))))
+
+
+def test_eager_init_equals_jitted_init_for_every_sampler():
+    fields = {
+        name: lm.Initializer(lambda k, f=f: f(k, (33, 65), jnp.float32))
+        for name, f in SAMPLERS.items()
+    }
+    eager = lm.init(fields, 0)
+    jitted = eqx.filter_jit(lm.init)(fields, jax.random.key(0))
+    assert tree_bit_equal(eager, jitted)
+    # Across both chunk sizes, in float16 too.
+    fields = {
+        f"{name}{size}": lm.Initializer(lambda k, f=f, size=size: f(k, (size,), jnp.float16))
+        for name, f in SAMPLERS.items()
+        if name not in ("he_normal", "glorot_uniform", "lecun_normal", "orthogonal")
+        for size in (5, 4 * _SMALL_CHUNK + 7)
+    }
+    assert tree_bit_equal(lm.init(fields, 1), eqx.filter_jit(lm.init)(fields, jax.random.key(1)))
+
+
+def test_a_value_computed_twice_is_shared():
+    # `w` is needed on its own (by a reduction) and inside a later elementwise value.
+    def sampler(key):
+        w = jax.random.normal(key, (300,))
+        return w, w * 2 + jnp.mean(w)
+
+    key = jax.random.key(1)
+    closed = jax.make_jaxpr(lambda: sampler(key))()
+    assert tree_bit_equal(tuple(evaluate(closed, closed.jaxpr.outvars)), sampler(key))
