@@ -62,7 +62,8 @@ class _Symbolic:
 
 def evaluate(closed: jex_core.ClosedJaxpr, outvars: Sequence[Any]) -> list[Any]:
     """The values of `outvars` (variables or literals of `closed.jaxpr`), which must
-    not depend on the jaxpr's inputs."""
+    not depend on the jaxpr's inputs. Values computed here in chunks are NumPy arrays
+    (in host memory: the caller places them on devices); others are JAX arrays."""
     jaxpr = closed.jaxpr.replace(outvars=list(outvars))
     outs = _eval(jaxpr, closed.consts, [None] * len(jaxpr.invars))
     return [_concrete(out) for out in outs]
@@ -210,7 +211,7 @@ def _concrete(x: Any) -> Any:
     return x.value
 
 
-def _compute(root: _Symbolic) -> jax.Array:
+def _compute(root: _Symbolic) -> Any:
     """Compute a symbolic value chunk by chunk with the compiled program for its
     structure."""
     nodes: list[tuple[Any, ...]] = []
@@ -250,7 +251,7 @@ def _compute(root: _Symbolic) -> jax.Array:
     if not root.per_element:
         program = _program(tuple(nodes), tuple(s.dtype for s in scalars), 1)
         out = program(np.zeros(2, np.uint32), keys, scalars, [])
-        return _device(out.reshape(root.shape))
+        return _host(out).reshape(root.shape)
     chunk = _SMALL_CHUNK if size <= 4 * _SMALL_CHUNK else _LARGE_CHUNK
     program = _program(tuple(nodes), tuple(s.dtype for s in scalars), chunk)
     parts = [
@@ -269,16 +270,12 @@ def _compute(root: _Symbolic) -> jax.Array:
         start = number * chunk
         stop = min(size, start + chunk)
         out[start:stop] = np.asarray(part)[: stop - start]
-    return jax.device_put(out.reshape(root.shape))
+    return out.reshape(root.shape)
 
 
 def _host(x: Any) -> Any:
     """`x` as a NumPy array, or as it is if it is a tracer."""
     return x if isinstance(x, jax.core.Tracer) else np.asarray(x)
-
-
-def _device(x: Any) -> Any:
-    return x if isinstance(x, jax.core.Tracer) else jax.device_put(np.asarray(x))
 
 
 def _padded(a: Any, length: int) -> Any:

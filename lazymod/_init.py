@@ -35,7 +35,7 @@ from ._errors import InitError, UninitializedError
 from ._evaluate import can_evaluate, evaluate
 from ._keys import derive_key, normalize_keys
 from ._module import Module
-from ._paths import display_path, KeyPath
+from ._paths import display_path, KeyPath, path_str
 from ._sentinels import (
     ClaimedPlaceholder,
     field_items,
@@ -46,6 +46,10 @@ from ._sentinels import (
 )
 
 
+# `rule(path, leaf) -> Sharding | None`, as `lazymod.init(..., sharding=rule)` takes it.
+ShardingRule = Callable[[str, jax.ShapeDtypeStruct], jax.sharding.Sharding | None]
+
+
 def init(
     module: Any,
     key: Any,
@@ -54,6 +58,7 @@ def init(
     method: str | Callable[..., Any] | None = None,
     partial: bool = False,
     capture_intermediates: bool = False,
+    sharding: ShardingRule | jax.sharding.Sharding | None = None,
     **kwargs: Any,
 ) -> Any:
     """Return a new, fully materialized copy of `module`.
@@ -83,6 +88,12 @@ def init(
     - `capture_intermediates`: if `True`, also return a dict from submodule path (like
         `"layers[0]"`) to the output of that submodule's `__call__` during init
         (a `jax.ShapeDtypeStruct` where it depends on a spec).
+
+    - `sharding`: where to put each array: a function `rule(path, leaf)` of the
+        array's path (like `"layers[0].weight"`) and its `jax.ShapeDtypeStruct`,
+        returning a `jax.sharding.Sharding` or `None` (the default device); or one
+        `Sharding` for every array. Arrays go straight from host memory to their
+        shards, so no device holds a full copy of a sharded array.
 
     **Returns:**
 
@@ -126,6 +137,7 @@ def init(
         context = InitContext(keys, capture=capture_intermediates)
         closed, out_shapes, rebuild = _trace(module, context, function, args, kwargs, False)
     values = _materialize(module, closed, out_shapes, rebuild)
+    values = _place(module, values, rebuild, sharding)
     result, intermediates = rebuild.unflatten(values)
     _check_complete(result, partial)
     if capture_intermediates:
@@ -463,6 +475,49 @@ def _raise_foreign_tracers(root: Any, paths: list[KeyPath]) -> None:
         "that transformation. Assign fields from shapes and keys only, or outside "
         "the transformation."
     )
+
+
+def _place(
+    module: Any,
+    values: list[Any],
+    rebuild: _Rebuild,
+    sharding: ShardingRule | jax.sharding.Sharding | None,
+) -> list[Any]:
+    """Put every computed array on its device(s): host arrays from the evaluator go
+    straight to their shards."""
+    placed = []
+    for i, value in enumerate(values):
+        target = None
+        if i < rebuild.num_params and sharding is not None:
+            target = _sharding_for(module, rebuild.array_paths[i], value, sharding)
+        if isinstance(value, np.ndarray) or target is not None:
+            value = jax.device_put(value, target)  # inside jit: a sharding constraint
+        placed.append(value)
+    return placed
+
+
+def _sharding_for(
+    module: Any,
+    path: KeyPath,
+    value: Any,
+    sharding: ShardingRule | jax.sharding.Sharding,
+) -> jax.sharding.Sharding | None:
+    if isinstance(sharding, jax.sharding.Sharding):
+        return sharding
+    leaf = jax.ShapeDtypeStruct(value.shape, value.dtype)
+    try:
+        target = sharding(path_str(path), leaf)
+    except Exception as error:
+        raise InitError(
+            f"{display_path(module, path)}: the sharding rule raised "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    if target is not None and not isinstance(target, jax.sharding.Sharding):
+        raise InitError(
+            f"{display_path(module, path)}: the sharding rule returned "
+            f"{type(target).__name__}; it must return a jax.sharding.Sharding or None."
+        )
+    return target
 
 
 def _materialize(
