@@ -218,3 +218,12 @@ def test_key_keyword_reaches_the_forward_pass():
 
     lm.init(Noisy(), 0, spec(2), key=jax.random.key(3))
     assert len(seen) == 1
+
+
+def test_batch_norm_inside_sequential_gets_the_state():
+    model = lm.nn.Sequential([lm.nn.Linear(4), lm.nn.BatchNorm("batch", mode="batch")])
+    model, state = lm.init_with_state(model, 0, spec(3))
+    assert type(model.layers[1]) is eqx.nn.BatchNorm and model.layers[1].input_size == 4
+    x = jnp.ones((2, 3))
+    out, state = jax.vmap(model, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(x, state)
+    assert out.shape == (2, 4)

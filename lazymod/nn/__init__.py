@@ -34,3 +34,5 @@ from equinox.nn import (
 from ._batch_norm import BatchNorm as BatchNorm
 from ._lazy import LazyLayer as LazyLayer
 from ._linear import Linear as Linear
+from ._spectral_norm import SpectralNorm as SpectralNorm
+from ._weight_norm import WeightNorm as WeightNorm

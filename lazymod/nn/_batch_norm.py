@@ -7,7 +7,7 @@ from jaxtyping import Array, PRNGKeyArray
 from ._lazy import LazyLayer, with_layer_state
 
 
-class BatchNorm(LazyLayer):
+class BatchNorm(LazyLayer, eqx.nn.StatefulLayer):
     """A lazy [`equinox.nn.BatchNorm`][]: `input_size` (the number of channels, the
     input's first axis) is inferred. After `lazymod.init` it is an `eqx.nn.BatchNorm`.
 
