@@ -32,6 +32,16 @@ from equinox.nn import (
 )
 
 from ._batch_norm import BatchNorm as BatchNorm
+from ._conv import (
+    Conv as Conv,
+    Conv1d as Conv1d,
+    Conv2d as Conv2d,
+    Conv3d as Conv3d,
+    ConvTranspose as ConvTranspose,
+    ConvTranspose1d as ConvTranspose1d,
+    ConvTranspose2d as ConvTranspose2d,
+    ConvTranspose3d as ConvTranspose3d,
+)
 from ._lazy import LazyLayer as LazyLayer
 from ._linear import Linear as Linear
 from ._spectral_norm import SpectralNorm as SpectralNorm

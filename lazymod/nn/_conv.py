@@ -1,0 +1,538 @@
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import equinox as eqx
+from jaxtyping import Array, PRNGKeyArray
+
+from .._context import next_key
+from ._lazy import LazyLayer
+
+
+# The types of the configuration fields once `_hashable` has turned lists into tuples
+# (static fields must be hashable).
+_Size = int | tuple[int, ...]
+_Padding = str | int | tuple[int | tuple[int, int], ...]
+
+
+def _hashable(value: Any) -> Any:
+    """`value` with every list (or other sequence) turned into a tuple, recursively."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return tuple(_hashable(v) for v in value)
+    return value
+
+
+def _in_channels(layer: "Conv | ConvTranspose", x: Array) -> int:
+    """The input's channel count, after checking its rank and its divisibility by
+    `groups`."""
+    n = layer.num_spatial_dims
+    if x.ndim != n + 1:
+        spatial = ", ".join(f"dim_{i}" for i in range(1, n + 1))
+        raise layer._bad_input(f"a rank-{n + 1} array of shape (in_channels, {spatial})", x)
+    if x.shape[0] % layer.groups != 0:
+        raise layer._bad_input(
+            f"in_channels (the input's first axis) divisible by groups={layer.groups}", x
+        )
+    return x.shape[0]
+
+
+class Conv(LazyLayer):
+    """A lazy [`equinox.nn.Conv`][]: `in_channels` is inferred from the input, which has
+    shape `(in_channels, dim_1, ..., dim_N)`. After `lazymod.init` it is an
+    `eqx.nn.Conv`.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        conv = lm.nn.Conv(2, out_channels=8, kernel_size=3)
+        conv = lm.init(conv, 0, jax.ShapeDtypeStruct((3, 16, 16), jnp.float32))
+        assert type(conv) is eqx.nn.Conv and conv.weight.shape == (8, 3, 3, 3)
+        ```
+    """
+
+    num_spatial_dims: int = eqx.field(static=True)
+    out_channels: int = eqx.field(static=True)
+    kernel_size: _Size = eqx.field(static=True)
+    stride: _Size = eqx.field(static=True)
+    padding: _Padding = eqx.field(static=True)
+    dilation: _Size = eqx.field(static=True)
+    groups: int = eqx.field(static=True)
+    use_bias: bool = eqx.field(static=True)
+    padding_mode: str = eqx.field(static=True)
+    dtype: Any = eqx.field(static=True)
+
+    # The Equinox layer built, and whether its constructor takes `num_spatial_dims`.
+    _equinox: ClassVar[type[eqx.nn.Conv]] = eqx.nn.Conv
+    _general: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        num_spatial_dims: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        use_bias: bool = True,
+        padding_mode: str = "ZEROS",
+        dtype: Any = None,
+    ):
+        """**Arguments:** as [`equinox.nn.Conv`][], less `in_channels` and `key`.
+
+        - `num_spatial_dims`: the number of spatial dimensions (`2` for images).
+        - `out_channels`: the number of output channels.
+        - `kernel_size`, `stride`, `padding`, `dilation`: an int for every spatial
+            dimension, or one value per dimension; `padding` may also be `"SAME"`,
+            `"SAME_LOWER"`, `"VALID"` or `(before, after)` pairs.
+        - `groups`: the number of input channel groups; the inferred `in_channels` must
+            be divisible by it.
+        - `use_bias`: whether to add a bias.
+        - `padding_mode`: `"ZEROS"`, `"REFLECT"`, `"REPLICATE"` or `"CIRCULAR"`.
+        - `dtype`: the parameters' dtype (default: JAX's default float dtype).
+        """
+        self.num_spatial_dims = num_spatial_dims
+        self.out_channels = out_channels
+        self.kernel_size = _hashable(kernel_size)
+        self.stride = _hashable(stride)
+        self.padding = _hashable(padding)
+        self.dilation = _hashable(dilation)
+        self.groups = groups
+        self.use_bias = use_bias
+        self.padding_mode = padding_mode
+        self.dtype = dtype
+
+    def _build(self, x: Array, **_: Any) -> eqx.nn.Conv:
+        dims = {"num_spatial_dims": self.num_spatial_dims} if self._general else {}
+        return self._equinox(
+            **dims,
+            in_channels=_in_channels(self, x),
+            out_channels=self.out_channels,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            use_bias=self.use_bias,
+            padding_mode=self.padding_mode,
+            dtype=self.dtype,
+            key=next_key(),
+        )
+
+    def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
+        """As [`equinox.nn.Conv.__call__`][]: `x` of shape
+        `(in_channels, dim_1, ..., dim_N)`; returns `(out_channels, new_dim_1, ...,
+        new_dim_N)`."""
+        return self._layer_for(x)(x, key=key)
+
+
+class Conv1d(Conv):
+    """A lazy [`equinox.nn.Conv1d`][]: as [`lazymod.nn.Conv`][] with
+    `num_spatial_dims=1`. After `lazymod.init` it is an `eqx.nn.Conv1d`.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        conv = lm.init(lm.nn.Conv1d(8, 5, padding="SAME"), 0, jnp.ones((4, 100)))
+        assert type(conv) is eqx.nn.Conv1d and conv.in_channels == 4
+        assert conv(jnp.ones((4, 100))).shape == (8, 100)
+        ```
+    """
+
+    _equinox: ClassVar[type[eqx.nn.Conv]] = eqx.nn.Conv1d
+    _general: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        use_bias: bool = True,
+        padding_mode: str = "ZEROS",
+        dtype: Any = None,
+    ):
+        """**Arguments:** as [`equinox.nn.Conv1d`][], less `in_channels` and `key`; see
+        [`lazymod.nn.Conv`][]."""
+        super().__init__(
+            1,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            use_bias,
+            padding_mode,
+            dtype,
+        )
+
+
+class Conv2d(Conv):
+    """A lazy [`equinox.nn.Conv2d`][]: as [`lazymod.nn.Conv`][] with
+    `num_spatial_dims=2`. After `lazymod.init` it is an `eqx.nn.Conv2d`.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        conv = lm.nn.Conv2d(16, kernel_size=3, stride=2, padding=1)
+        conv = lm.init(conv, 0, jax.ShapeDtypeStruct((3, 32, 32), jnp.float32))
+        assert type(conv) is eqx.nn.Conv2d and conv.weight.shape == (16, 3, 3, 3)
+        assert conv(jnp.ones((3, 32, 32))).shape == (16, 16, 16)
+        ```
+    """
+
+    _equinox: ClassVar[type[eqx.nn.Conv]] = eqx.nn.Conv2d
+    _general: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = (1, 1),
+        padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = (0, 0),
+        dilation: int | Sequence[int] = (1, 1),
+        groups: int = 1,
+        use_bias: bool = True,
+        padding_mode: str = "ZEROS",
+        dtype: Any = None,
+    ):
+        """**Arguments:** as [`equinox.nn.Conv2d`][], less `in_channels` and `key`; see
+        [`lazymod.nn.Conv`][]."""
+        super().__init__(
+            2,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            use_bias,
+            padding_mode,
+            dtype,
+        )
+
+
+class Conv3d(Conv):
+    """A lazy [`equinox.nn.Conv3d`][]: as [`lazymod.nn.Conv`][] with
+    `num_spatial_dims=3`. After `lazymod.init` it is an `eqx.nn.Conv3d`.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        conv = lm.init(lm.nn.Conv3d(4, 3), 0, jax.ShapeDtypeStruct((2, 8, 8, 8), jnp.float32))
+        assert type(conv) is eqx.nn.Conv3d and conv.weight.shape == (4, 2, 3, 3, 3)
+        ```
+    """
+
+    _equinox: ClassVar[type[eqx.nn.Conv]] = eqx.nn.Conv3d
+    _general: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = (1, 1, 1),
+        padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = (0, 0, 0),
+        dilation: int | Sequence[int] = (1, 1, 1),
+        groups: int = 1,
+        use_bias: bool = True,
+        padding_mode: str = "ZEROS",
+        dtype: Any = None,
+    ):
+        """**Arguments:** as [`equinox.nn.Conv3d`][], less `in_channels` and `key`; see
+        [`lazymod.nn.Conv`][]."""
+        super().__init__(
+            3,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            use_bias,
+            padding_mode,
+            dtype,
+        )
+
+
+class ConvTranspose(LazyLayer):
+    """A lazy [`equinox.nn.ConvTranspose`][]: `in_channels` is inferred from the input,
+    which has shape `(in_channels, dim_1, ..., dim_N)`. After `lazymod.init` it is an
+    `eqx.nn.ConvTranspose`.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        up = lm.nn.ConvTranspose(2, out_channels=3, kernel_size=4, stride=2, padding=1)
+        up = lm.init(up, 0, jax.ShapeDtypeStruct((8, 16, 16), jnp.float32))
+        assert type(up) is eqx.nn.ConvTranspose and up.weight.shape == (3, 8, 4, 4)
+        assert up(jnp.ones((8, 16, 16))).shape == (3, 32, 32)
+        ```
+    """
+
+    num_spatial_dims: int = eqx.field(static=True)
+    out_channels: int = eqx.field(static=True)
+    kernel_size: _Size = eqx.field(static=True)
+    stride: _Size = eqx.field(static=True)
+    padding: _Padding = eqx.field(static=True)
+    output_padding: _Size = eqx.field(static=True)
+    dilation: _Size = eqx.field(static=True)
+    groups: int = eqx.field(static=True)
+    use_bias: bool = eqx.field(static=True)
+    padding_mode: str = eqx.field(static=True)
+    dtype: Any = eqx.field(static=True)
+
+    # The Equinox layer built, and whether its constructor takes `num_spatial_dims`.
+    _equinox: ClassVar[type[eqx.nn.ConvTranspose]] = eqx.nn.ConvTranspose
+    _general: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        num_spatial_dims: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = 0,
+        output_padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        use_bias: bool = True,
+        padding_mode: str = "ZEROS",
+        dtype: Any = None,
+    ):
+        """**Arguments:** as [`equinox.nn.ConvTranspose`][], less `in_channels` and
+        `key`.
+
+        - `num_spatial_dims`: the number of spatial dimensions (`2` for images).
+        - `out_channels`: the number of output channels.
+        - `kernel_size`, `stride`, `padding`, `output_padding`, `dilation`: an int for
+            every spatial dimension, or one value per dimension; `stride` and `padding`
+            are those of the equivalent [`equinox.nn.Conv`][].
+        - `groups`: the number of input channel groups; the inferred `in_channels` must
+            be divisible by it.
+        - `use_bias`: whether to add a bias.
+        - `padding_mode`: `"ZEROS"` or `"CIRCULAR"`.
+        - `dtype`: the parameters' dtype (default: JAX's default float dtype).
+        """
+        self.num_spatial_dims = num_spatial_dims
+        self.out_channels = out_channels
+        self.kernel_size = _hashable(kernel_size)
+        self.stride = _hashable(stride)
+        self.padding = _hashable(padding)
+        self.output_padding = _hashable(output_padding)
+        self.dilation = _hashable(dilation)
+        self.groups = groups
+        self.use_bias = use_bias
+        self.padding_mode = padding_mode
+        self.dtype = dtype
+
+    def _build(self, x: Array, **_: Any) -> eqx.nn.ConvTranspose:
+        dims = {"num_spatial_dims": self.num_spatial_dims} if self._general else {}
+        return self._equinox(
+            **dims,
+            in_channels=_in_channels(self, x),
+            out_channels=self.out_channels,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self.padding,
+            output_padding=self.output_padding,
+            dilation=self.dilation,
+            groups=self.groups,
+            use_bias=self.use_bias,
+            padding_mode=self.padding_mode,
+            dtype=self.dtype,
+            key=next_key(),
+        )
+
+    def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
+        """As [`equinox.nn.ConvTranspose.__call__`][]: `x` of shape
+        `(in_channels, dim_1, ..., dim_N)`; returns `(out_channels, new_dim_1, ...,
+        new_dim_N)`."""
+        return self._layer_for(x)(x, key=key)
+
+
+class ConvTranspose1d(ConvTranspose):
+    """A lazy [`equinox.nn.ConvTranspose1d`][]: as [`lazymod.nn.ConvTranspose`][] with
+    `num_spatial_dims=1`. After `lazymod.init` it is an `eqx.nn.ConvTranspose1d`.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        up = lm.init(lm.nn.ConvTranspose1d(2, 3, stride=2), 0, jnp.ones((6, 10)))
+        assert type(up) is eqx.nn.ConvTranspose1d and up.weight.shape == (2, 6, 3)
+        assert up(jnp.ones((6, 10))).shape == (2, 21)
+        ```
+    """
+
+    _equinox: ClassVar[type[eqx.nn.ConvTranspose]] = eqx.nn.ConvTranspose1d
+    _general: ClassVar[bool] = False
+
+    # As in Equinox, `output_padding` comes before `padding` here, unlike in
+    # `ConvTranspose`.
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        output_padding: int | Sequence[int] = 0,
+        padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        use_bias: bool = True,
+        padding_mode: str = "ZEROS",
+        dtype: Any = None,
+    ):
+        """**Arguments:** as [`equinox.nn.ConvTranspose1d`][], less `in_channels` and
+        `key`; see [`lazymod.nn.ConvTranspose`][]. As in Equinox, `output_padding`
+        comes before `padding`."""
+        super().__init__(
+            1,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            groups,
+            use_bias,
+            padding_mode,
+            dtype,
+        )
+
+
+class ConvTranspose2d(ConvTranspose):
+    """A lazy [`equinox.nn.ConvTranspose2d`][]: as [`lazymod.nn.ConvTranspose`][] with
+    `num_spatial_dims=2`. After `lazymod.init` it is an `eqx.nn.ConvTranspose2d`.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        up = lm.nn.ConvTranspose2d(3, kernel_size=2, stride=2)
+        up = lm.init(up, 0, jax.ShapeDtypeStruct((8, 16, 16), jnp.float32))
+        assert type(up) is eqx.nn.ConvTranspose2d and up.in_channels == 8
+        assert up(jnp.ones((8, 16, 16))).shape == (3, 32, 32)
+        ```
+    """
+
+    _equinox: ClassVar[type[eqx.nn.ConvTranspose]] = eqx.nn.ConvTranspose2d
+    _general: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = (1, 1),
+        output_padding: int | Sequence[int] = (0, 0),
+        padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = (0, 0),
+        dilation: int | Sequence[int] = (1, 1),
+        groups: int = 1,
+        use_bias: bool = True,
+        padding_mode: str = "ZEROS",
+        dtype: Any = None,
+    ):
+        """**Arguments:** as [`equinox.nn.ConvTranspose2d`][], less `in_channels` and
+        `key`; see [`lazymod.nn.ConvTranspose`][]. As in Equinox, `output_padding`
+        comes before `padding`."""
+        super().__init__(
+            2,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            groups,
+            use_bias,
+            padding_mode,
+            dtype,
+        )
+
+
+class ConvTranspose3d(ConvTranspose):
+    """A lazy [`equinox.nn.ConvTranspose3d`][]: as [`lazymod.nn.ConvTranspose`][] with
+    `num_spatial_dims=3`. After `lazymod.init` it is an `eqx.nn.ConvTranspose3d`.
+
+    !!! example
+
+        ```python
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        up = lm.nn.ConvTranspose3d(2, 2, stride=2)
+        up = lm.init(up, 0, jax.ShapeDtypeStruct((4, 5, 5, 5), jnp.float32))
+        assert type(up) is eqx.nn.ConvTranspose3d and up.weight.shape == (2, 4, 2, 2, 2)
+        assert up(jnp.ones((4, 5, 5, 5))).shape == (2, 10, 10, 10)
+        ```
+    """
+
+    _equinox: ClassVar[type[eqx.nn.ConvTranspose]] = eqx.nn.ConvTranspose3d
+    _general: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = (1, 1, 1),
+        output_padding: int | Sequence[int] = (0, 0, 0),
+        padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = (0, 0, 0),
+        dilation: int | Sequence[int] = (1, 1, 1),
+        groups: int = 1,
+        use_bias: bool = True,
+        padding_mode: str = "ZEROS",
+        dtype: Any = None,
+    ):
+        """**Arguments:** as [`equinox.nn.ConvTranspose3d`][], less `in_channels` and
+        `key`; see [`lazymod.nn.ConvTranspose`][]. As in Equinox, `output_padding`
+        comes before `padding`."""
+        super().__init__(
+            3,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            output_padding,
+            dilation,
+            groups,
+            use_bias,
+            padding_mode,
+            dtype,
+        )
