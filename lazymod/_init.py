@@ -58,7 +58,7 @@ def init(
     method: str | Callable[..., Any] | None = None,
     partial: bool = False,
     capture_intermediates: bool = False,
-    sharding: ShardingRule | jax.sharding.Sharding | None = None,
+    sharding: ShardingRule | jax.sharding.Sharding | jax.sharding.Mesh | None = None,
     **kwargs: Any,
 ) -> Any:
     """Return a new, fully materialized copy of `module`.
@@ -92,8 +92,10 @@ def init(
     - `sharding`: where to put each array: a function `rule(path, leaf)` of the
         array's path (like `"layers[0].weight"`) and its `jax.ShapeDtypeStruct`,
         returning a `jax.sharding.Sharding` or `None` (the default device); or one
-        `Sharding` for every array. Arrays go straight from host memory to their
-        shards, so no device holds a full copy of a sharded array.
+        `Sharding` for every array; or a `jax.sharding.Mesh`, to shard each
+        `Initializer(..., partition=...)` as it says and replicate every other array.
+        Arrays go straight from host memory to their shards, so no device holds a full
+        copy of a sharded array.
 
     **Returns:**
 
@@ -481,10 +483,12 @@ def _place(
     module: Any,
     values: list[Any],
     rebuild: _Rebuild,
-    sharding: ShardingRule | jax.sharding.Sharding | None,
+    sharding: ShardingRule | jax.sharding.Sharding | jax.sharding.Mesh | None,
 ) -> list[Any]:
     """Put every computed array on its device(s): host arrays from the evaluator go
     straight to their shards."""
+    if isinstance(sharding, jax.sharding.Mesh):
+        sharding = _annotation_rule(module, sharding)
     placed = []
     for i, value in enumerate(values):
         target = None
@@ -494,6 +498,29 @@ def _place(
             value = jax.device_put(value, target)  # inside jit: a sharding constraint
         placed.append(value)
     return placed
+
+
+def _annotation_rule(module: Any, mesh: jax.sharding.Mesh) -> Callable[..., Any]:
+    """The rule of `sharding=mesh`: the `partition` of the Initializer that made the
+    array, replicated when there is none."""
+    partitions = {
+        path_str(path): (path, leaf.partition)
+        for path, leaf in sentinels_with_paths(module)
+        if isinstance(leaf, Initializer) and leaf.partition is not None
+    }
+
+    def rule(path: str, leaf: jax.ShapeDtypeStruct) -> jax.sharding.Sharding:
+        if path not in partitions:
+            return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        key_path, partition = partitions[path]
+        if len(partition) != leaf.ndim:
+            raise ValueError(
+                f"partition={partition!r} has {len(partition)} entries for an array of "
+                f"shape {leaf.shape}; give one per axis (None for an axis not sharded)"
+            )
+        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*partition))
+
+    return rule
 
 
 def _sharding_for(

@@ -27,6 +27,10 @@ class Initializer(eqx.Module):
         `lambda key: jax.random.uniform(key, (1,))`.
     - `stream`: the name of the RNG stream the key comes from (default `"params"`). A
         stream that `lazymod.init` was not given a key for falls back to `"params"`.
+    - `partition`: optional, how to shard the array over a device mesh: one entry per
+        axis, a mesh axis name, a tuple of names or `None` (as in
+        `jax.sharding.PartitionSpec`). Read by `lazymod.init(..., sharding=mesh)`, as
+        Flax's `with_partitioning` is; ignored otherwise.
 
     !!! example
 
@@ -47,6 +51,9 @@ class Initializer(eqx.Module):
 
     fn: Callable[[Any], jax.Array] = eqx.field(static=True)
     stream: str = eqx.field(static=True, default="params")
+    partition: tuple[str | tuple[str, ...] | None, ...] | None = eqx.field(
+        static=True, default=None, converter=lambda p: None if p is None else tuple(p)
+    )
 
     def __check_init__(self) -> None:
         if not callable(self.fn):
@@ -58,6 +65,16 @@ class Initializer(eqx.Module):
             raise TypeError(
                 f"lazymod.Initializer(..., stream=...) must be a str; got "
                 f"{type(self.stream).__name__}."
+            )
+        if self.partition is not None and not all(
+            axis is None
+            or isinstance(axis, str)
+            or (isinstance(axis, tuple) and all(isinstance(a, str) for a in axis))
+            for axis in self.partition
+        ):
+            raise TypeError(
+                "lazymod.Initializer(..., partition=...) takes one entry per array axis: a "
+                f"mesh axis name, a tuple of names, or None; got {self.partition!r}."
             )
 
 

@@ -72,3 +72,41 @@ def test_sharded_init_on_an_eight_device_mesh():
     assert result.returncode == 0, result.stderr
     assert "is held as shards [(64, 64)]" in result.stdout
     assert "one training step on the mesh" in result.stdout
+
+
+class Annotated(lm.Module):
+    w: jax.Array
+    b: jax.Array
+    head: lm.nn.Linear
+
+    def __init__(self):
+        self.w = lm.Initializer(
+            lambda key: jax.random.normal(key, (4, 6)), partition=(None, "model")
+        )
+        self.b = lm.Initializer(lambda key: jnp.zeros(6))
+        self.head = lm.nn.Linear(2)
+
+    def __call__(self, x):
+        return self.head(x @ self.w + self.b)
+
+
+def test_a_mesh_shards_annotated_initializers_and_replicates_the_rest():
+    mesh = jax.make_mesh((1,), ("model",))
+    placed = lm.init(Annotated(), 0, spec(4), sharding=mesh)
+    assert placed.w.sharding == jax.NamedSharding(mesh, jax.P(None, "model"))
+    for array in (placed.b, placed.head.weight, placed.head.bias):
+        assert array.sharding == jax.NamedSharding(mesh, jax.P())
+    assert tree_bit_equal(placed, lm.init(Annotated(), 0, spec(4)))
+
+
+def test_a_partition_of_the_wrong_length_names_the_field():
+    class Bad(lm.Module):
+        w: jax.Array = lm.Initializer(lambda key: jnp.zeros((2, 3)), partition=("model",))
+
+    with pytest.raises(lm.InitError, match=r"Bad\.w.*partition=\('model',\).*one per axis"):
+        lm.init(Bad(), 0, sharding=jax.make_mesh((1,), ("model",)))
+
+
+def test_a_partition_must_hold_axis_names():
+    with pytest.raises(TypeError, match="one entry per array axis"):
+        lm.Initializer(lambda key: jnp.zeros(2), partition=(0,))
