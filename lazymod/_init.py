@@ -560,9 +560,22 @@ def _materialize(
     keep = [not d for d in depends]
     computed = iter(_evaluate(closed, keep))
     return [
-        next(computed) if k else jax.ShapeDtypeStruct(shape.shape, shape.dtype)
-        for k, shape in zip(keep, out_shapes)
+        _as_array(next(computed), var.aval) if k else jax.ShapeDtypeStruct(shape.shape, shape.dtype)
+        for k, shape, var in zip(keep, out_shapes, jaxpr.outvars)
     ]
+
+
+def _as_array(value: Any, aval: Any) -> Any:
+    """`value` as the array its trace made: a constant output of the jaxpr may come back
+    as a Python or NumPy scalar, and a weakly typed scalar (`jnp.array(1.0)`) must stay
+    weakly typed, so that it promotes in the forward pass as it did when it was made."""
+    if isinstance(value, jax.Array | jax.core.Tracer):
+        return value
+    if getattr(aval, "weak_type", False) and aval.shape == ():
+        return jnp.asarray(np.asarray(value).item())  # a Python scalar: weakly typed
+    if not isinstance(value, np.ndarray):
+        return np.asarray(value, dtype=aval.dtype)  # placed on a device by _place
+    return value
 
 
 def _depends_on_inputs(jaxpr: jex_core.Jaxpr) -> list[bool]:

@@ -589,3 +589,25 @@ def test_typed_keys_of_another_impl():
     model = lm.init(Linear(2), key, spec(3))
     assert model.w.shape == (3, 2)
     assert tree_bit_equal(model, lm.init(Linear(2), key, spec(3)))
+
+
+def test_constant_scalars_are_arrays_and_keep_their_weak_type():
+    # jnp.array(1.0) is weakly typed: it must not promote a bfloat16 input to float32,
+    # as it would not in a module built by hand.
+    class Scaled(lm.Module):
+        scale: jax.Array = lm.lazy()
+        count: jax.Array = lm.lazy()
+        strong: jax.Array = lm.lazy()
+
+        def __call__(self, x):
+            if self.initializing():
+                self.scale, self.count = jnp.array(1.0), jnp.array(0)
+                self.strong = jnp.array(2.0, dtype=jnp.float32)
+            return x * self.scale
+
+    x = jax.ShapeDtypeStruct((2,), jnp.bfloat16)
+    for model in (lm.init(Scaled(), 0, x), eqx.filter_jit(lm.init)(Scaled(), 0, x)):
+        for name, weak in (("scale", True), ("count", True), ("strong", False)):
+            value = getattr(model, name)
+            assert isinstance(value, jax.Array) and value.weak_type is weak, name
+        assert model(jnp.ones(2, jnp.bfloat16)).dtype == jnp.bfloat16
