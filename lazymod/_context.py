@@ -160,6 +160,20 @@ def active(context: InitContext) -> Iterator[InitContext]:
         _current.reset(token)
 
 
+@contextlib.contextmanager
+def in_init_trace() -> Iterator[None]:
+    """Stage operations into init's own trace, even inside a transformation that the
+    forward pass applies (`jax.lax.scan`, `jax.vmap`, ...). A layer built from shapes
+    and keys only can then be built where it is first called, and its arrays do not
+    belong to that transformation."""
+    context = _current.get()
+    if context is None or context.trace is None or context.trace is current_trace():
+        yield
+        return
+    with jex_core.set_current_trace(context.trace):
+        yield
+
+
 def describe(module: Any) -> str:
     """Where `module` sits in the tree being initialized, as an error message names it
     (`Model.layers[0]`); its type name outside init."""

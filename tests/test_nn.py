@@ -227,3 +227,24 @@ def test_batch_norm_inside_sequential_gets_the_state():
     x = jnp.ones((2, 3))
     out, state = jax.vmap(model, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(x, state)
     assert out.shape == (2, 4)
+
+
+def test_a_lazy_layer_first_called_inside_lax_scan_is_built_outside_it():
+    # The canonical recurrent pattern: the layer's arrays come from shapes and keys only,
+    # so they belong to the model, not to the scan's body.
+    class Recurrent(lm.Module):
+        step: lm.nn.Linear
+
+        def __init__(self):
+            self.step = lm.nn.Linear(4)
+
+        def __call__(self, xs):
+            def body(h, x):
+                return jnp.tanh(self.step(jnp.concatenate([h, x]))), None
+
+            return jax.lax.scan(body, jnp.zeros(4), xs)[0]
+
+    eager = lm.init(Recurrent(), 0, spec(5, 3))
+    assert type(eager.step) is eqx.nn.Linear and eager.step.weight.shape == (4, 7)
+    assert tree_bit_equal(eager, eqx.filter_jit(lm.init)(Recurrent(), 0, spec(5, 3)))
+    assert eager(jnp.ones((5, 3))).shape == (4,)

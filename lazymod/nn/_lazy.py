@@ -5,7 +5,7 @@ from typing import Any
 
 import equinox as eqx
 
-from .._context import describe
+from .._context import describe, in_init_trace
 from .._errors import InitError
 from .._module import Module
 from .._sentinels import is_sentinel, lazy
@@ -24,9 +24,11 @@ class LazyLayer(Module):
         raise NotImplementedError
 
     def _layer_for(self, *args: Any, **kwargs: Any) -> Any:
-        """The Equinox layer: built from the inputs while init runs this layer."""
+        """The Equinox layer: built from the inputs' shapes while init runs this layer
+        (in init's own trace, so also inside a `jax.lax.scan` of the forward pass)."""
         if self.initializing():
-            self.layer = self._build(*args, **kwargs)
+            with in_init_trace():
+                self.layer = self._build(*args, **kwargs)
         return self.layer
 
     def _materialize(self) -> Any:
