@@ -144,9 +144,27 @@ def is_sentinel(x: Any) -> bool:
 
 
 def sentinels_with_paths(tree: Any) -> list[tuple[KeyPath, Any]]:
-    """Every `Initializer` and placeholder in `tree`, with its path."""
-    leaves = jtu.tree_leaves_with_path(tree, is_leaf=is_sentinel)
-    return [(path, leaf) for path, leaf in leaves if is_sentinel(leaf)]
+    """Every `Initializer` and placeholder in `tree`, with its path, including those
+    a module holds as a class-level field default (`x: Array = lm.lazy()` left unset
+    by a custom `__init__`), which flattening the module does not show."""
+    found: list[tuple[KeyPath, Any]] = []
+
+    def visit(node: Any, path: KeyPath) -> None:
+        def stop(x: Any) -> bool:
+            return x is not node and (is_sentinel(x) or isinstance(x, eqx.Module))
+
+        for child_path, leaf in jtu.tree_leaves_with_path(node, is_leaf=stop):
+            if is_sentinel(leaf):
+                found.append((path + child_path, leaf))
+            elif isinstance(leaf, eqx.Module) and leaf is not node:
+                visit(leaf, path + child_path)
+        if isinstance(node, eqx.Module) and dataclasses.is_dataclass(node):
+            for name, value in field_items(node):
+                if name not in vars(node) and is_sentinel(value):
+                    found.append((path + (jtu.GetAttrKey(name),), value))
+
+    visit(tree, ())
+    return found
 
 
 def is_initialized(tree: Any) -> bool:
@@ -176,4 +194,4 @@ def is_initialized(tree: Any) -> bool:
         assert lm.is_initialized(lm.init(Bias(), 0, jnp.ones(3)))
         ```
     """
-    return not any(is_sentinel(leaf) for leaf in jtu.tree_leaves(tree, is_leaf=is_sentinel))
+    return not sentinels_with_paths(tree)

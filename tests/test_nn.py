@@ -248,3 +248,20 @@ def test_a_lazy_layer_first_called_inside_lax_scan_is_built_outside_it():
     assert type(eager.step) is eqx.nn.Linear and eager.step.weight.shape == (4, 7)
     assert tree_bit_equal(eager, eqx.filter_jit(lm.init)(Recurrent(), 0, spec(5, 3)))
     assert eager(jnp.ones((5, 3))).shape == (4,)
+
+
+def test_namespace_is_a_drop_in_for_equinox_nn():
+    public = {name for name in dir(eqx.nn) if not name.startswith("_")}
+    missing = {name for name in public if not hasattr(lm.nn, name)}
+    assert not missing, f"lazymod.nn lacks {sorted(missing)}"
+    # Names that need no shapes are Equinox's own objects.
+    for name in ("Embedding", "Dropout", "MaxPool2d", "Identity", "Lambda", "Sequential"):
+        assert getattr(lm.nn, name) is getattr(eqx.nn, name)
+
+
+def test_is_initialized_sees_lazy_layers_before_init_only():
+    layers = [lm.nn.Linear(3), lm.nn.Conv2d(4, 3), lm.nn.LayerNorm(), lm.nn.MLP(2, 8, 1)]
+    for layer in layers:
+        assert not lm.is_initialized(layer)
+        assert not lm.is_initialized([eqx.nn.Identity(), {"inner": layer}])
+    assert lm.is_initialized(lm.init(lm.nn.Linear(3), 0, spec(5)))

@@ -44,5 +44,11 @@ from ._conv import (
 )
 from ._lazy import LazyLayer as LazyLayer
 from ._linear import Linear as Linear
+from ._multihead import MultiheadAttention as MultiheadAttention
+from ._multilayer import MLP as MLP
+from ._norm import GroupNorm as GroupNorm, LayerNorm as LayerNorm, RMSNorm as RMSNorm
+from ._prelu import PReLU as PReLU
+from ._recurrent import GRUCell as GRUCell, LSTMCell as LSTMCell
+from ._rotary import RotaryPositionalEmbedding as RotaryPositionalEmbedding
 from ._spectral_norm import SpectralNorm as SpectralNorm
 from ._weight_norm import WeightNorm as WeightNorm
