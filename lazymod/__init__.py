@@ -5,12 +5,14 @@ from ._context import next_key as next_key
 from ._errors import InitError as InitError, UninitializedError as UninitializedError
 from ._init import init as init, init_shapes as init_shapes
 from ._module import Module as Module
+from ._restore import restore as restore
 from ._sentinels import (
     Initializer as Initializer,
     is_initialized as is_initialized,
     lazy as lazy,
 )
 from ._stateful import init_with_state as init_with_state
+from ._summary import summary as summary
 
 
 __version__ = "0.1.0"

@@ -31,6 +31,9 @@ class InitContext:
         self.counters: dict[tuple[int, str, str], int] = {}
         self.intermediates: dict[str, Any] | None = {} if capture else None
         self.trace: Any = None  # the trace init runs in; set when it starts
+        # Traces of transformations applied around init (eqx.filter_jit(lm.init),
+        # jax.eval_shape, ...): their tracers may sit in the result.
+        self.outer_traces: list[Any] = []
         self.root_name = "module"  # the type name of the tree being initialized
 
     def release(self) -> None:
@@ -42,14 +45,27 @@ class InitContext:
         self.stack.clear()
         self.intermediates = None
         self.trace = None
+        self.outer_traces = []
 
     def is_foreign_tracer(self, value: Any) -> bool:
         """True for a tracer of a transformation that the model itself applied during
         init (a `jax.vmap` or `jax.lax.scan` in its forward pass): it must not escape."""
-        return (
-            isinstance(value, jax.core.Tracer)
-            and getattr(value, "_trace", self.trace) is not self.trace
-        )
+        if not isinstance(value, jax.core.Tracer):
+            return False
+        trace = getattr(value, "_trace", self.trace)
+        return trace is not self.trace and all(trace is not t for t in self.outer_traces)
+
+    def note_outer_traces(self, inputs: Any) -> None:
+        """Remember the traces around init: the current one and its parents, and those
+        of any tracer among the inputs (the module's arrays under `jax.jit`)."""
+        trace = current_trace()
+        while trace is not None and all(trace is not t for t in self.outer_traces):
+            self.outer_traces.append(trace)
+            trace = getattr(trace, "parent_trace", None)
+        for leaf in jax.tree.leaves(inputs):
+            trace = getattr(leaf, "_trace", None)
+            if isinstance(leaf, jax.core.Tracer) and all(trace is not t for t in self.outer_traces):
+                self.outer_traces.append(trace)
 
     def add_module(self, module: Any, path: KeyPath) -> None:
         if id(module) not in self.paths:

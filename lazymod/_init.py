@@ -38,6 +38,7 @@ from ._module import Module
 from ._paths import display_path, KeyPath, path_str
 from ._sentinels import (
     ClaimedPlaceholder,
+    default_sentinels_with_paths,
     field_items,
     Initializer,
     is_sentinel,
@@ -126,6 +127,22 @@ def init(
     """
     if not isinstance(partial, bool) or not isinstance(capture_intermediates, bool):
         raise TypeError("lazymod.init: `partial` and `capture_intermediates` must be bool.")
+    return _init(module, key, args, kwargs, method, partial, capture_intermediates, sharding, False)
+
+
+def _init(
+    module: Any,
+    key: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    method: str | Callable[..., Any] | None,
+    partial: bool,
+    capture_intermediates: bool,
+    sharding: Any,
+    abstract: bool,
+) -> Any:
+    """`init`; with `abstract=True` (under `jax.eval_shape`, for `init_shapes`) every
+    array is left as the `jax.ShapeDtypeStruct` the trace gives, computing nothing."""
     keys = normalize_keys(key)
     function = _resolve_method(module, method, has_inputs=bool(args or kwargs))
     try:
@@ -138,8 +155,9 @@ def init(
         # op by op, so concrete inputs give concrete values.
         context = InitContext(keys, capture=capture_intermediates)
         closed, out_shapes, rebuild = _trace(module, context, function, args, kwargs, False)
-    values = _materialize(module, closed, out_shapes, rebuild)
-    values = _place(module, values, rebuild, sharding)
+    values = _materialize(module, closed, out_shapes, rebuild, abstract)
+    if not abstract:
+        values = _place(module, values, rebuild, sharding)
     result, intermediates = rebuild.unflatten(values)
     _check_complete(result, partial)
     if capture_intermediates:
@@ -184,7 +202,10 @@ def init_shapes(
         assert big.w.shape == (100_000, 100_000)
         ```
     """
-    run = functools.partial(init, method=method, partial=partial)
+
+    def run(module: Any, key: Any, *args: Any, **kwargs: Any) -> Any:
+        return _init(module, key, args, kwargs, method, partial, False, None, True)
+
     return eqx.filter_eval_shape(run, module, _abstract_key(), *args, **kwargs)
 
 
@@ -293,6 +314,7 @@ def _trace(
         return outputs
 
     specs = [input_leaves[i] for i in spec_positions]
+    context.note_outer_traces((module, input_leaves))
     eager = contextlib.nullcontext() if staged else jax.ensure_compile_time_eval()
     with active(context), eager:
         closed, out_shapes = jax.make_jaxpr(run, return_shape=True)(*specs)
@@ -383,7 +405,13 @@ def _run_initializers(module: Any, context: InitContext) -> Any:
         if isinstance(leaf, Initializer):
             leaf = _run_initializer(module, path, leaf, context)
         leaves.append(leaf)
-    return jtu.tree_unflatten(treedef, leaves)
+    working = jtu.tree_unflatten(treedef, leaves)
+    # An Initializer left as a class-level field default is not a leaf: run it too, and
+    # store its value in the copy (which shares no module object with the input).
+    for path, node, name, sentinel in default_sentinels_with_paths(working):
+        if isinstance(sentinel, Initializer):
+            object.__setattr__(node, name, _run_initializer(module, path, sentinel, context))
+    return working
 
 
 def _run_initializer(
@@ -548,15 +576,29 @@ def _sharding_for(
 
 
 def _materialize(
-    module: Any, closed: jex_core.ClosedJaxpr, out_shapes: list[Any], rebuild: _Rebuild
+    module: Any,
+    closed: jex_core.ClosedJaxpr,
+    out_shapes: list[Any],
+    rebuild: _Rebuild,
+    abstract: bool = False,
 ) -> list[Any]:
     """The value of every output of the trace: computed where it does not depend on a
-    spec, a `ShapeDtypeStruct` (intermediates) or an error (fields) where it does."""
+    spec, a `ShapeDtypeStruct` (intermediates) or an error (fields) where it does; with
+    `abstract`, a `ShapeDtypeStruct` everywhere."""
     jaxpr = closed.jaxpr
     depends = _depends_on_inputs(jaxpr)
     leaked = [i for i in range(rebuild.num_params) if depends[i]]
     if leaked:
         _raise_data_dependent(module, rebuild, leaked)
+    if abstract:
+        return [
+            jax.ShapeDtypeStruct(
+                var.aval.shape,
+                var.aval.dtype,
+                weak_type=getattr(var.aval, "weak_type", False) and var.aval.shape == (),
+            )
+            for var in jaxpr.outvars
+        ]
     keep = [not d for d in depends]
     computed = iter(_evaluate(closed, keep))
     return [

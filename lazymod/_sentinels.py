@@ -158,13 +158,40 @@ def sentinels_with_paths(tree: Any) -> list[tuple[KeyPath, Any]]:
                 found.append((path + child_path, leaf))
             elif isinstance(leaf, eqx.Module) and leaf is not node:
                 visit(leaf, path + child_path)
-        if isinstance(node, eqx.Module) and dataclasses.is_dataclass(node):
-            for name, value in field_items(node):
-                if name not in vars(node) and is_sentinel(value):
-                    found.append((path + (jtu.GetAttrKey(name),), value))
+        for name, value in _default_sentinels(node):
+            found.append((path + (jtu.GetAttrKey(name),), value))
 
     visit(tree, ())
     return found
+
+
+def default_sentinels_with_paths(tree: Any) -> list[tuple[KeyPath, Any, str, Any]]:
+    """`(path, module, field name, sentinel)` for every sentinel that a module in `tree`
+    holds as a class-level field default only."""
+    found: list[tuple[KeyPath, Any, str, Any]] = []
+
+    def visit(node: Any, path: KeyPath) -> None:
+        def stop(x: Any) -> bool:
+            return x is not node and isinstance(x, eqx.Module)
+
+        for child_path, leaf in jtu.tree_leaves_with_path(node, is_leaf=stop):
+            if isinstance(leaf, eqx.Module) and leaf is not node:
+                visit(leaf, path + child_path)
+        for name, value in _default_sentinels(node):
+            found.append((path + (jtu.GetAttrKey(name),), node, name, value))
+
+    visit(tree, ())
+    return found
+
+
+def _default_sentinels(node: Any) -> list[tuple[str, Any]]:
+    if not (isinstance(node, eqx.Module) and dataclasses.is_dataclass(node)):
+        return []
+    return [
+        (name, value)
+        for name, value in field_items(node)
+        if name not in vars(node) and is_sentinel(value)
+    ]
 
 
 def is_initialized(tree: Any) -> bool:

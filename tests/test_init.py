@@ -611,3 +611,28 @@ def test_constant_scalars_are_arrays_and_keep_their_weak_type():
             value = getattr(model, name)
             assert isinstance(value, jax.Array) and value.weak_type is weak, name
         assert model(jnp.ones(2, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_initializer_left_as_a_class_default_runs_like_one_set_in_init():
+    make = lm.Initializer(lambda key: jax.random.normal(key, (3,)))
+
+    class Default(lm.Module):
+        n: int
+        w: jax.Array = make
+
+        def __init__(self):
+            self.n = 1  # w is never assigned: the class-level default stands
+
+    class Assigned(lm.Module):
+        n: int
+        w: jax.Array
+
+        def __init__(self):
+            self.n = 1
+            self.w = make
+
+    assert not lm.is_initialized(Default())
+    default, assigned = lm.init(Default(), 0), lm.init(Assigned(), 0)
+    assert isinstance(default.w, jax.Array) and lm.is_initialized(default)
+    assert (default.w == assigned.w).all()
+    assert isinstance(Default().w, lm.Initializer)  # the class is untouched

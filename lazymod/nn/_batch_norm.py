@@ -8,7 +8,7 @@ from ._lazy import LazyLayer, with_layer_state
 
 
 class BatchNorm(LazyLayer, eqx.nn.StatefulLayer):
-    """A lazy [`equinox.nn.BatchNorm`][]: `input_size` (the number of channels, the
+    """A lazy `equinox.nn.BatchNorm`: `input_size` (the number of channels, the
     input's first axis) is inferred. After `lazymod.init` it is an `eqx.nn.BatchNorm`.
 
     Initialize a model holding it with [`lazymod.init_with_state`][], which returns
@@ -52,7 +52,7 @@ class BatchNorm(LazyLayer, eqx.nn.StatefulLayer):
         dtype: Any = None,
         mode: Literal["ema", "batch", "legacy"] = "legacy",
     ):
-        """**Arguments:** as [`equinox.nn.BatchNorm`][], less `input_size`."""
+        """**Arguments:** as `equinox.nn.BatchNorm`, less `input_size`."""
         self.axis_name = axis_name
         self.eps = eps
         self.channelwise_affine = channelwise_affine
@@ -83,7 +83,7 @@ class BatchNorm(LazyLayer, eqx.nn.StatefulLayer):
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
     ) -> tuple[Array, eqx.nn.State]:
-        """As [`equinox.nn.BatchNorm.__call__`][]."""
+        """As `equinox.nn.BatchNorm.__call__`."""
         if self.initializing():
             layer = self._layer_for(x, state)
             return layer(x, with_layer_state(state, layer), key=key, inference=True)

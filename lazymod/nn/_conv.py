@@ -36,7 +36,7 @@ def _in_channels(layer: "Conv | ConvTranspose", x: Array) -> int:
 
 
 class Conv(LazyLayer):
-    """A lazy [`equinox.nn.Conv`][]: `in_channels` is inferred from the input, which has
+    """A lazy `equinox.nn.Conv`: `in_channels` is inferred from the input, which has
     shape `(in_channels, dim_1, ..., dim_N)`. After `lazymod.init` it is an
     `eqx.nn.Conv`.
 
@@ -82,7 +82,7 @@ class Conv(LazyLayer):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
     ):
-        """**Arguments:** as [`equinox.nn.Conv`][], less `in_channels` and `key`.
+        """**Arguments:** as `equinox.nn.Conv`, less `in_channels` and `key`.
 
         - `num_spatial_dims`: the number of spatial dimensions (`2` for images).
         - `out_channels`: the number of output channels.
@@ -124,14 +124,14 @@ class Conv(LazyLayer):
         )
 
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
-        """As [`equinox.nn.Conv.__call__`][]: `x` of shape
+        """As `equinox.nn.Conv.__call__`: `x` of shape
         `(in_channels, dim_1, ..., dim_N)`; returns `(out_channels, new_dim_1, ...,
         new_dim_N)`."""
         return self._layer_for(x)(x, key=key)
 
 
 class Conv1d(Conv):
-    """A lazy [`equinox.nn.Conv1d`][]: as [`lazymod.nn.Conv`][] with
+    """A lazy `equinox.nn.Conv1d`: as [`lazymod.nn.Conv`][] with
     `num_spatial_dims=1`. After `lazymod.init` it is an `eqx.nn.Conv1d`.
 
     !!! example
@@ -163,7 +163,7 @@ class Conv1d(Conv):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
     ):
-        """**Arguments:** as [`equinox.nn.Conv1d`][], less `in_channels` and `key`; see
+        """**Arguments:** as `equinox.nn.Conv1d`, less `in_channels` and `key`; see
         [`lazymod.nn.Conv`][]."""
         super().__init__(
             1,
@@ -180,7 +180,7 @@ class Conv1d(Conv):
 
 
 class Conv2d(Conv):
-    """A lazy [`equinox.nn.Conv2d`][]: as [`lazymod.nn.Conv`][] with
+    """A lazy `equinox.nn.Conv2d`: as [`lazymod.nn.Conv`][] with
     `num_spatial_dims=2`. After `lazymod.init` it is an `eqx.nn.Conv2d`.
 
     !!! example
@@ -213,7 +213,7 @@ class Conv2d(Conv):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
     ):
-        """**Arguments:** as [`equinox.nn.Conv2d`][], less `in_channels` and `key`; see
+        """**Arguments:** as `equinox.nn.Conv2d`, less `in_channels` and `key`; see
         [`lazymod.nn.Conv`][]."""
         super().__init__(
             2,
@@ -230,7 +230,7 @@ class Conv2d(Conv):
 
 
 class Conv3d(Conv):
-    """A lazy [`equinox.nn.Conv3d`][]: as [`lazymod.nn.Conv`][] with
+    """A lazy `equinox.nn.Conv3d`: as [`lazymod.nn.Conv`][] with
     `num_spatial_dims=3`. After `lazymod.init` it is an `eqx.nn.Conv3d`.
 
     !!! example
@@ -261,7 +261,7 @@ class Conv3d(Conv):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
     ):
-        """**Arguments:** as [`equinox.nn.Conv3d`][], less `in_channels` and `key`; see
+        """**Arguments:** as `equinox.nn.Conv3d`, less `in_channels` and `key`; see
         [`lazymod.nn.Conv`][]."""
         super().__init__(
             3,
@@ -278,7 +278,7 @@ class Conv3d(Conv):
 
 
 class ConvTranspose(LazyLayer):
-    """A lazy [`equinox.nn.ConvTranspose`][]: `in_channels` is inferred from the input,
+    """A lazy `equinox.nn.ConvTranspose`: `in_channels` is inferred from the input,
     which has shape `(in_channels, dim_1, ..., dim_N)`. After `lazymod.init` it is an
     `eqx.nn.ConvTranspose`.
 
@@ -327,14 +327,14 @@ class ConvTranspose(LazyLayer):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
     ):
-        """**Arguments:** as [`equinox.nn.ConvTranspose`][], less `in_channels` and
+        """**Arguments:** as `equinox.nn.ConvTranspose`, less `in_channels` and
         `key`.
 
         - `num_spatial_dims`: the number of spatial dimensions (`2` for images).
         - `out_channels`: the number of output channels.
         - `kernel_size`, `stride`, `padding`, `output_padding`, `dilation`: an int for
             every spatial dimension, or one value per dimension; `stride` and `padding`
-            are those of the equivalent [`equinox.nn.Conv`][].
+            are those of the equivalent `equinox.nn.Conv`.
         - `groups`: the number of input channel groups; the inferred `in_channels` must
             be divisible by it.
         - `use_bias`: whether to add a bias.
@@ -372,14 +372,14 @@ class ConvTranspose(LazyLayer):
         )
 
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
-        """As [`equinox.nn.ConvTranspose.__call__`][]: `x` of shape
+        """As `equinox.nn.ConvTranspose.__call__`: `x` of shape
         `(in_channels, dim_1, ..., dim_N)`; returns `(out_channels, new_dim_1, ...,
         new_dim_N)`."""
         return self._layer_for(x)(x, key=key)
 
 
 class ConvTranspose1d(ConvTranspose):
-    """A lazy [`equinox.nn.ConvTranspose1d`][]: as [`lazymod.nn.ConvTranspose`][] with
+    """A lazy `equinox.nn.ConvTranspose1d`: as [`lazymod.nn.ConvTranspose`][] with
     `num_spatial_dims=1`. After `lazymod.init` it is an `eqx.nn.ConvTranspose1d`.
 
     !!! example
@@ -414,7 +414,7 @@ class ConvTranspose1d(ConvTranspose):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
     ):
-        """**Arguments:** as [`equinox.nn.ConvTranspose1d`][], less `in_channels` and
+        """**Arguments:** as `equinox.nn.ConvTranspose1d`, less `in_channels` and
         `key`; see [`lazymod.nn.ConvTranspose`][]. As in Equinox, `output_padding`
         comes before `padding`."""
         super().__init__(
@@ -433,7 +433,7 @@ class ConvTranspose1d(ConvTranspose):
 
 
 class ConvTranspose2d(ConvTranspose):
-    """A lazy [`equinox.nn.ConvTranspose2d`][]: as [`lazymod.nn.ConvTranspose`][] with
+    """A lazy `equinox.nn.ConvTranspose2d`: as [`lazymod.nn.ConvTranspose`][] with
     `num_spatial_dims=2`. After `lazymod.init` it is an `eqx.nn.ConvTranspose2d`.
 
     !!! example
@@ -467,7 +467,7 @@ class ConvTranspose2d(ConvTranspose):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
     ):
-        """**Arguments:** as [`equinox.nn.ConvTranspose2d`][], less `in_channels` and
+        """**Arguments:** as `equinox.nn.ConvTranspose2d`, less `in_channels` and
         `key`; see [`lazymod.nn.ConvTranspose`][]. As in Equinox, `output_padding`
         comes before `padding`."""
         super().__init__(
@@ -486,7 +486,7 @@ class ConvTranspose2d(ConvTranspose):
 
 
 class ConvTranspose3d(ConvTranspose):
-    """A lazy [`equinox.nn.ConvTranspose3d`][]: as [`lazymod.nn.ConvTranspose`][] with
+    """A lazy `equinox.nn.ConvTranspose3d`: as [`lazymod.nn.ConvTranspose`][] with
     `num_spatial_dims=3`. After `lazymod.init` it is an `eqx.nn.ConvTranspose3d`.
 
     !!! example
@@ -520,7 +520,7 @@ class ConvTranspose3d(ConvTranspose):
         padding_mode: str = "ZEROS",
         dtype: Any = None,
     ):
-        """**Arguments:** as [`equinox.nn.ConvTranspose3d`][], less `in_channels` and
+        """**Arguments:** as `equinox.nn.ConvTranspose3d`, less `in_channels` and
         `key`; see [`lazymod.nn.ConvTranspose`][]. As in Equinox, `output_padding`
         comes before `padding`."""
         super().__init__(

@@ -8,7 +8,7 @@ from ._lazy import LazyLayer
 
 
 class Linear(LazyLayer):
-    """A lazy [`equinox.nn.Linear`][]: `in_features` is inferred from the input
+    """A lazy `equinox.nn.Linear`: `in_features` is inferred from the input
     (`"scalar"` for a 0-d input). After `lazymod.init` it is an `eqx.nn.Linear`.
 
     !!! example
@@ -31,7 +31,7 @@ class Linear(LazyLayer):
     def __init__(
         self, out_features: int | Literal["scalar"], use_bias: bool = True, dtype: Any = None
     ):
-        """**Arguments:** as [`equinox.nn.Linear`][], less `in_features` and `key`.
+        """**Arguments:** as `equinox.nn.Linear`, less `in_features` and `key`.
 
         - `out_features`: the output size; `"scalar"` for a 0-d output.
         - `use_bias`: whether to add a bias.
@@ -50,6 +50,6 @@ class Linear(LazyLayer):
         )
 
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
-        """As [`equinox.nn.Linear.__call__`][]: `x` of shape `(in_features,)`, or a
+        """As `equinox.nn.Linear.__call__`: `x` of shape `(in_features,)`, or a
         scalar if the input was one."""
         return self._layer_for(x)(x, key=key)

@@ -9,7 +9,7 @@ from ._lazy import LazyLayer
 
 
 class MultiheadAttention(LazyLayer):
-    """A lazy [`equinox.nn.MultiheadAttention`][]: `query_size`, `key_size` and
+    """A lazy `equinox.nn.MultiheadAttention`: `query_size`, `key_size` and
     `value_size` are inferred from the last axis of `query`, `key_` and `value`;
     `output_size`, `qk_size` and `vo_size` default as in Equinox. After `lazymod.init`
     it is an `eqx.nn.MultiheadAttention`.
@@ -56,7 +56,7 @@ class MultiheadAttention(LazyLayer):
         inference: bool = False,
         dtype: Any = None,
     ):
-        """**Arguments:** as [`equinox.nn.MultiheadAttention`][], less `query_size`,
+        """**Arguments:** as `equinox.nn.MultiheadAttention`, less `query_size`,
         `key_size`, `value_size` and `key`.
 
         - `num_heads`: the number of attention heads.
@@ -129,7 +129,7 @@ class MultiheadAttention(LazyLayer):
         deterministic: bool | None = None,
         process_heads: None | Callable[..., Any] = None,
     ) -> Array:
-        """As [`equinox.nn.MultiheadAttention.__call__`][]: `query` of shape
+        """As `equinox.nn.MultiheadAttention.__call__`: `query` of shape
         `(query_seq_length, query_size)`, `key_` and `value` of shapes
         `(kv_seq_length, key_size)` and `(kv_seq_length, value_size)`."""
         layer = self._layer_for(query, key_, value)

@@ -16,7 +16,7 @@ _IDENTITY = _EQUINOX_DEFAULTS["final_activation"].default
 
 
 class MLP(LazyLayer):
-    """A lazy [`equinox.nn.MLP`][]: `in_size` is inferred from the input (`"scalar"` for
+    """A lazy `equinox.nn.MLP`: `in_size` is inferred from the input (`"scalar"` for
     a 0-d input). After `lazymod.init` it is an `eqx.nn.MLP`.
 
     !!! example
@@ -56,7 +56,7 @@ class MLP(LazyLayer):
         *,
         scan: bool = False,
     ):
-        """**Arguments:** as [`equinox.nn.MLP`][], less `in_size` and `key`.
+        """**Arguments:** as `equinox.nn.MLP`, less `in_size` and `key`.
 
         - `out_size`: the output size; `"scalar"` for a 0-d output.
         - `width_size`: the size of each hidden layer.
@@ -95,5 +95,5 @@ class MLP(LazyLayer):
         )
 
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
-        """As [`equinox.nn.MLP.__call__`][]: `x` of shape `(in_size,)`, or a scalar."""
+        """As `equinox.nn.MLP.__call__`: `x` of shape `(in_size,)`, or a scalar."""
         return self._layer_for(x)(x, key=key)

@@ -18,7 +18,7 @@ def _call(layer: Any, x: Array, state: Any, key: PRNGKeyArray | None) -> Any:
 
 
 class LayerNorm(LazyLayer):
-    """A lazy [`equinox.nn.LayerNorm`][]: `shape` is inferred, as the whole shape of the
+    """A lazy `equinox.nn.LayerNorm`: `shape` is inferred, as the whole shape of the
     (unbatched) input. After `lazymod.init` it is an `eqx.nn.LayerNorm`.
 
     !!! example
@@ -47,7 +47,7 @@ class LayerNorm(LazyLayer):
     def __init__(
         self, eps: float = 1e-5, use_weight: bool = True, use_bias: bool = True, dtype: Any = None
     ):
-        """**Arguments:** as [`equinox.nn.LayerNorm`][], less `shape`.
+        """**Arguments:** as `equinox.nn.LayerNorm`, less `shape`.
 
         - `eps`: added to the variance, for numerical stability.
         - `use_weight`, `use_bias`: whether to learn an elementwise scale and shift.
@@ -64,13 +64,13 @@ class LayerNorm(LazyLayer):
     def __call__(
         self, x: Array, state: eqx.nn.State = _NO_STATE, *, key: PRNGKeyArray | None = None
     ) -> Array | tuple[Array, eqx.nn.State]:
-        """As [`equinox.nn.LayerNorm.__call__`][]: `x` of the shape seen at init;
+        """As `equinox.nn.LayerNorm.__call__`: `x` of the shape seen at init;
         `(output, state)` if a state is given."""
         return _call(self._layer_for(x), x, state, key)
 
 
 class RMSNorm(LayerNorm):
-    """A lazy [`equinox.nn.RMSNorm`][]: `shape` is inferred, as the whole shape of the
+    """A lazy `equinox.nn.RMSNorm`: `shape` is inferred, as the whole shape of the
     (unbatched) input. After `lazymod.init` it is an `eqx.nn.RMSNorm`.
 
     !!! example
@@ -91,7 +91,7 @@ class RMSNorm(LayerNorm):
     def __init__(
         self, eps: float = 1e-5, use_weight: bool = True, use_bias: bool = True, dtype: Any = None
     ):
-        """**Arguments:** as [`equinox.nn.RMSNorm`][], less `shape`.
+        """**Arguments:** as `equinox.nn.RMSNorm`, less `shape`.
 
         - `eps`: added to the mean square, for numerical stability.
         - `use_weight`, `use_bias`: whether to learn an elementwise scale and shift.
@@ -102,13 +102,13 @@ class RMSNorm(LayerNorm):
     def __call__(
         self, x: Array, state: eqx.nn.State = _NO_STATE, *, key: PRNGKeyArray | None = None
     ) -> Array | tuple[Array, eqx.nn.State]:
-        """As [`equinox.nn.RMSNorm.__call__`][]: `x` of the shape seen at init;
+        """As `equinox.nn.RMSNorm.__call__`: `x` of the shape seen at init;
         `(output, state)` if a state is given."""
         return _call(self._layer_for(x), x, state, key)
 
 
 class GroupNorm(LazyLayer):
-    """A lazy [`equinox.nn.GroupNorm`][]: `channels` is inferred from the input, of shape
+    """A lazy `equinox.nn.GroupNorm`: `channels` is inferred from the input, of shape
     `(channels, ...)`. After `lazymod.init` it is an `eqx.nn.GroupNorm`.
 
     !!! example
@@ -137,7 +137,7 @@ class GroupNorm(LazyLayer):
         channelwise_affine: bool = True,
         dtype: Any = None,
     ):
-        """**Arguments:** as [`equinox.nn.GroupNorm`][], less `channels`.
+        """**Arguments:** as `equinox.nn.GroupNorm`, less `channels`.
 
         - `groups`: the number of groups the channels are split into; it must divide the
             inferred number of channels.
@@ -164,6 +164,6 @@ class GroupNorm(LazyLayer):
     def __call__(
         self, x: Array, state: eqx.nn.State = _NO_STATE, *, key: PRNGKeyArray | None = None
     ) -> Array | tuple[Array, eqx.nn.State]:
-        """As [`equinox.nn.GroupNorm.__call__`][]: `x` of shape `(channels, ...)`;
+        """As `equinox.nn.GroupNorm.__call__`: `x` of shape `(channels, ...)`;
         `(output, state)` if a state is given."""
         return _call(self._layer_for(x), x, state, key)

@@ -8,7 +8,7 @@ from ._lazy import LazyLayer
 
 
 class PReLU(LazyLayer):
-    """A lazy [`equinox.nn.PReLU`][]: with `channelwise=True` it learns one negative
+    """A lazy `equinox.nn.PReLU`: with `channelwise=True` it learns one negative
     slope per channel of the input (its first axis), a shape that Equinox needs written
     by hand as `init_alpha=jnp.full((channels, 1, 1), 0.25)`. After `lazymod.init` it is
     an `eqx.nn.PReLU`.
@@ -32,7 +32,7 @@ class PReLU(LazyLayer):
     dtype: Any = eqx.field(static=True)
 
     def __init__(self, init_alpha: float = 0.25, channelwise: bool = False, dtype: Any = None):
-        """**Arguments:** as [`equinox.nn.PReLU`][], with the slope's shape inferred.
+        """**Arguments:** as `equinox.nn.PReLU`, with the slope's shape inferred.
 
         - `init_alpha`: the initial negative slope.
         - `channelwise`: if `False` (the default, as in Equinox), one slope for every
@@ -57,5 +57,5 @@ class PReLU(LazyLayer):
         return eqx.nn.PReLU(jnp.full(shape, self.init_alpha, dtype))
 
     def __call__(self, x: Array) -> Array:
-        """As [`equinox.nn.PReLU.__call__`][]."""
+        """As `equinox.nn.PReLU.__call__`."""
         return self._layer_for(x)(x)

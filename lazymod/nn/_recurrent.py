@@ -8,7 +8,7 @@ from ._lazy import LazyLayer
 
 
 class GRUCell(LazyLayer):
-    """A lazy [`equinox.nn.GRUCell`][]: `input_size` is inferred from the input, of shape
+    """A lazy `equinox.nn.GRUCell`: `input_size` is inferred from the input, of shape
     `(input_size,)`. After `lazymod.init` it is an `eqx.nn.GRUCell`. It may be first
     called inside a `jax.lax.scan` over a sequence.
 
@@ -42,7 +42,7 @@ class GRUCell(LazyLayer):
     _equinox: ClassVar[type[eqx.Module]] = eqx.nn.GRUCell
 
     def __init__(self, hidden_size: int, use_bias: bool = True, dtype: Any = None):
-        """**Arguments:** as [`equinox.nn.GRUCell`][], less `input_size` and `key`.
+        """**Arguments:** as `equinox.nn.GRUCell`, less `input_size` and `key`.
 
         - `hidden_size`: the size of the hidden state.
         - `use_bias`: whether to add biases.
@@ -65,13 +65,13 @@ class GRUCell(LazyLayer):
         )
 
     def __call__(self, input: Array, hidden: Array, *, key: PRNGKeyArray | None = None) -> Array:
-        """As [`equinox.nn.GRUCell.__call__`][]: `input` of shape `(input_size,)`,
+        """As `equinox.nn.GRUCell.__call__`: `input` of shape `(input_size,)`,
         `hidden` of shape `(hidden_size,)`; returns the new hidden state."""
         return self._layer_for(input, hidden)(input, hidden, key=key)
 
 
 class LSTMCell(GRUCell):
-    """A lazy [`equinox.nn.LSTMCell`][]: `input_size` is inferred from the input, of
+    """A lazy `equinox.nn.LSTMCell`: `input_size` is inferred from the input, of
     shape `(input_size,)`. After `lazymod.init` it is an `eqx.nn.LSTMCell`.
 
     !!! example
@@ -92,7 +92,7 @@ class LSTMCell(GRUCell):
     _equinox: ClassVar[type[eqx.Module]] = eqx.nn.LSTMCell
 
     def __init__(self, hidden_size: int, use_bias: bool = True, dtype: Any = None):
-        """**Arguments:** as [`equinox.nn.LSTMCell`][], less `input_size` and `key`.
+        """**Arguments:** as `equinox.nn.LSTMCell`, less `input_size` and `key`.
 
         - `hidden_size`: the size of the hidden and cell states.
         - `use_bias`: whether to add biases.
@@ -111,7 +111,7 @@ class LSTMCell(GRUCell):
     def __call__(
         self, input: Array, hidden: tuple[Array, Array], *, key: PRNGKeyArray | None = None
     ) -> tuple[Array, Array]:
-        """As [`equinox.nn.LSTMCell.__call__`][]: `input` of shape `(input_size,)`,
+        """As `equinox.nn.LSTMCell.__call__`: `input` of shape `(input_size,)`,
         `hidden` a `(hidden, cell)` tuple of shape `(hidden_size,)` each; returns the
         new tuple."""
         return self._layer_for(input, hidden)(input, hidden, key=key)

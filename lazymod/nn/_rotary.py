@@ -7,7 +7,7 @@ from ._lazy import LazyLayer
 
 
 class RotaryPositionalEmbedding(LazyLayer):
-    """A lazy [`equinox.nn.RotaryPositionalEmbedding`][]: `embedding_size` is inferred
+    """A lazy `equinox.nn.RotaryPositionalEmbedding`: `embedding_size` is inferred
     from the input, of shape `(seq_length, embedding_size)`. After `lazymod.init` it is
     an `eqx.nn.RotaryPositionalEmbedding`.
 
@@ -29,7 +29,7 @@ class RotaryPositionalEmbedding(LazyLayer):
     dtype: Any = eqx.field(static=True)
 
     def __init__(self, theta: float = 10_000.0, dtype: Any = None):
-        """**Arguments:** as [`equinox.nn.RotaryPositionalEmbedding`][], less
+        """**Arguments:** as `equinox.nn.RotaryPositionalEmbedding`, less
         `embedding_size`.
 
         - `theta`: the base of the rotation frequencies.
@@ -45,6 +45,6 @@ class RotaryPositionalEmbedding(LazyLayer):
         return eqx.nn.RotaryPositionalEmbedding(x.shape[1], self.theta, **dtype)
 
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
-        """As [`equinox.nn.RotaryPositionalEmbedding.__call__`][]: `x` of shape
+        """As `equinox.nn.RotaryPositionalEmbedding.__call__`: `x` of shape
         `(seq_length, embedding_size)`."""
         return self._layer_for(x)(x, key=key)

@@ -10,7 +10,7 @@ from ._weight_norm import Wrapper
 
 
 class SpectralNorm(Wrapper, eqx.nn.StatefulLayer):
-    """A lazy [`equinox.nn.SpectralNorm`][]: it wraps a layer that may itself be lazy
+    """A lazy `equinox.nn.SpectralNorm`: it wraps a layer that may itself be lazy
     (such as [`lazymod.nn.Linear`][]). After `lazymod.init` it is an
     `eqx.nn.SpectralNorm` around the Equinox layer the wrapped layer became; its
     power-iteration vectors are drawn with [`lazymod.next_key`][].
@@ -51,7 +51,7 @@ class SpectralNorm(Wrapper, eqx.nn.StatefulLayer):
         eps: float = 1e-12,
         inference: bool = False,
     ):
-        """**Arguments:** as [`equinox.nn.SpectralNorm`][], less `key`.
+        """**Arguments:** as `equinox.nn.SpectralNorm`, less `key`.
 
         - `layer`: the layer to wrap: a lazy layer (its shapes are inferred first), an
             Equinox layer, or any module holding the array `weight_name`.
@@ -92,7 +92,7 @@ class SpectralNorm(Wrapper, eqx.nn.StatefulLayer):
         key: PRNGKeyArray | None = None,
         inference: bool | None = None,
     ) -> tuple[Array, eqx.nn.State]:
-        """As [`equinox.nn.SpectralNorm.__call__`][]: returns `(output, state)`."""
+        """As `equinox.nn.SpectralNorm.__call__`: returns `(output, state)`."""
         wrapper = self._wrapper_for(x)
         if self.initializing():
             state = with_layer_state(state, wrapper)

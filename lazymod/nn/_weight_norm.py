@@ -56,7 +56,7 @@ class Wrapper(LazyLayer):
 
 
 class WeightNorm(Wrapper):
-    """A lazy [`equinox.nn.WeightNorm`][]: it wraps a layer that may itself be lazy
+    """A lazy `equinox.nn.WeightNorm`: it wraps a layer that may itself be lazy
     (such as [`lazymod.nn.Linear`][]). After `lazymod.init` it is an
     `eqx.nn.WeightNorm` around the Equinox layer the wrapped layer became.
 
@@ -80,7 +80,7 @@ class WeightNorm(Wrapper):
     axis: int | None = eqx.field(static=True)
 
     def __init__(self, layer: Any, weight_name: str = "weight", axis: int | None = 0):
-        """**Arguments:** as [`equinox.nn.WeightNorm`][].
+        """**Arguments:** as `equinox.nn.WeightNorm`.
 
         - `layer`: the layer to wrap: a lazy layer (its shapes are inferred first), an
             Equinox layer, or any module holding the array `weight_name`.
@@ -96,6 +96,6 @@ class WeightNorm(Wrapper):
         return eqx.nn.WeightNorm(inner, self.weight_name, self.axis)
 
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
-        """As [`equinox.nn.WeightNorm.__call__`][]: the wrapped layer is called as
+        """As `equinox.nn.WeightNorm.__call__`: the wrapped layer is called as
         `layer(x)`."""
         return self._wrapper_for(x)(x, key=key)

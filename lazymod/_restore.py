@@ -1,0 +1,134 @@
+import contextlib
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from ._errors import InitError
+from ._init import init_shapes
+from ._paths import display_path
+
+
+@runtime_checkable
+class Readable(Protocol):
+    """A binary file open for reading, such as `open(path, "rb")` or `io.BytesIO`."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def restore(
+    model: Any,
+    path_or_file: str | pathlib.Path | Readable,
+    /,
+    *args: Any,
+    method: str | Callable[..., Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Load a checkpoint saved with `eqx.tree_serialise_leaves` into a lazy model,
+    without running a single initializer.
+
+    The shapes come from [`lazymod.init_shapes`][] on the inputs (the same arguments as
+    [`lazymod.init`][], less the key); then every array is read from the file and
+    checked against them. Every mismatch (path, expected shape and dtype, what the file
+    holds) is reported at once, in one [`lazymod.InitError`][]; a checkpoint with fewer
+    or more arrays than the model is an error too.
+
+    **Arguments:**
+
+    - `model`: the lazy model (or an initialized one).
+    - `path_or_file`: a path (`.eqx` is added when it has no suffix, as Equinox does)
+        or a binary file opened for reading.
+    - `*args`, `**kwargs`, `method`: the inputs (or their `jax.ShapeDtypeStruct`s) and
+        method, as for [`lazymod.init`][].
+
+    **Returns:** the model, materialized with the checkpoint's arrays.
+
+    !!! example
+
+        ```python
+        import io
+        import equinox as eqx
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        spec = jax.ShapeDtypeStruct((784,), jnp.float32)
+        trained = lm.init(lm.nn.MLP(10, 64, 2), 0, spec)
+        file = io.BytesIO()
+        eqx.tree_serialise_leaves(file, trained)
+
+        file.seek(0)
+        restored = lm.restore(lm.nn.MLP(10, 64, 2), file, spec)
+        assert (restored.layers[0].weight == trained.layers[0].weight).all()
+        ```
+    """
+    skeleton = init_shapes(model, *args, method=method, **kwargs)
+    leaves, treedef = jtu.tree_flatten_with_path(skeleton)
+    values: list[Any] = []
+    mismatches: list[str] = []
+    # Read in the order eqx.tree_serialise_leaves wrote: the leaves' flattening order,
+    # arrays with numpy's format, Python scalars too, everything else not at all.
+    with _opened(path_or_file) as file:
+        for index, (path, like) in enumerate(leaves):
+            is_array = isinstance(like, jax.ShapeDtypeStruct)
+            if not is_array and not eqx.is_array_like(like):
+                values.append(like)  # static, or a function: not in the file
+                continue
+            where = display_path(skeleton, path)
+            try:
+                found = (
+                    jnp.load(file) if is_array else eqx.default_deserialise_filter_spec(file, like)
+                )
+            except (EOFError, ValueError, OSError):
+                missing = sum(
+                    isinstance(leaf, jax.ShapeDtypeStruct) or eqx.is_array_like(leaf)
+                    for _, leaf in leaves[index:]
+                )
+                mismatches.append(
+                    f"{where}: expected {_describe(like)}; the checkpoint ends before it "
+                    f"({missing} value{'s' if missing > 1 else ''} missing)"
+                )
+                break
+            if is_array and (found.shape != like.shape or found.dtype != like.dtype):
+                mismatches.append(f"{where}: expected {_describe(like)}, found {_describe(found)}")
+            values.append(found)
+        left_over = not mismatches or "ends before" not in mismatches[-1]
+        left_over = left_over and file.read(1) != b""
+    if left_over:
+        mismatches.append(
+            "the checkpoint holds more arrays after the model's last one (a model with "
+            "more layers?)"
+        )
+    if mismatches:
+        name = getattr(path_or_file, "name", path_or_file)
+        source = f"{str(name)!r}" if isinstance(name, (str, pathlib.Path)) else "file"
+        listing = "\n".join(f"  - {line}" for line in mismatches)
+        raise InitError(
+            f"lazymod.restore: the checkpoint {source} does not match "
+            f"{type(model).__name__} as built from these inputs ({len(mismatches)} "
+            f"mismatch{'es' if len(mismatches) > 1 else ''}):\n{listing}\nPass the inputs "
+            "(shapes) and constructor arguments the checkpoint was saved with."
+        )
+    return jtu.tree_unflatten(treedef, values)
+
+
+def _describe(leaf: Any) -> str:
+    if not hasattr(leaf, "dtype"):
+        return f"a Python {type(leaf).__name__}"
+    return f"{jnp.dtype(leaf.dtype).name}{list(leaf.shape)}"
+
+
+@contextlib.contextmanager
+def _opened(path_or_file: str | pathlib.Path | Readable) -> Iterator[Readable]:
+    if isinstance(path_or_file, (str, pathlib.Path)):
+        path = pathlib.Path(path_or_file)
+        if path.suffix == "":
+            path = path.with_suffix(".eqx")
+        with open(path, "rb") as file:
+            yield file
+    else:
+        yield path_or_file

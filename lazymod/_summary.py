@@ -1,0 +1,203 @@
+import html
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.tree_util as jtu
+import numpy as np
+
+from ._init import _abstract_key, _init, _resolve_method
+from ._paths import path_str
+
+
+_COLUMNS = ("path", "type", "output", "parameters", "count", "bytes")
+
+
+class Summary(str):
+    """The text of [`lazymod.summary`][]: a `str` that prints as its table in a
+    terminal and renders as an HTML table in a notebook."""
+
+    rows: list[tuple[str, ...]]
+    footer: str
+
+    def __new__(cls, rows: list[tuple[str, ...]], footer: str) -> "Summary":
+        self = super().__new__(cls, _text_table(rows, footer))
+        self.rows = rows
+        self.footer = footer
+        return self
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{name}</th>" for name in _COLUMNS)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+            for row in self.rows
+        )
+        return (
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f"<p>{html.escape(self.footer)}</p>"
+        )
+
+
+def summary(
+    model: Any,
+    /,
+    *args: Any,
+    method: str | Callable[..., Any] | None = None,
+    **kwargs: Any,
+) -> str:
+    """A table of `model`'s submodules as [`lazymod.init`][] would build them: one row
+    per module (its path, type, output shape, parameter shapes and dtypes, parameter
+    count and bytes) and the totals.
+
+    It works on a model that is not initialized yet, and on one that is: everything
+    comes from [`lazymod.init_shapes`][], so nothing is allocated or computed whatever
+    the sizes. The output column shows what each `lazymod.Module` (which includes every
+    `lazymod.nn` layer) returned from `__call__` during init, and `-` for plain
+    Equinox modules, whose calls lazymod does not see.
+
+    **Arguments:** as [`lazymod.init`][], less the key: `model`, the inputs or their
+    `jax.ShapeDtypeStruct`s, and `method=`. For a stateful model, pass the state
+    argument as `eqx.nn.State(())`.
+
+    **Returns:** the table as a `str`; in a notebook it renders as an HTML table.
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        model = lm.nn.MLP(out_size=10, width_size=64, depth=2)
+        table = lm.summary(model, jax.ShapeDtypeStruct((784,), jnp.float32))
+        print(table)
+        assert "layers[0]" in table and "f32[64,784]" in table
+        assert "55,050 parameters" in table
+        ```
+    """
+    function = _resolve_method(model, method, has_inputs=bool(args or kwargs))
+    outputs: list[Any] = []
+
+    def run_and_keep_output(module: Any, *args: Any, **kwargs: Any) -> Any:
+        assert function is not None
+        out = function(module, *args, **kwargs)
+        outputs.append(_shapes_only(out))  # no tracer may outlive init's trace
+        return out
+
+    def build(model: Any, key: Any, *args: Any, **kwargs: Any) -> Any:
+        method = None if function is None else run_and_keep_output
+        return _init(model, key, args, kwargs, method, False, True, None, True)
+
+    shapes, intermediates = eqx.filter_eval_shape(build, model, _abstract_key(), *args, **kwargs)
+    root_output = outputs[-1] if outputs else None
+    return _tabulate(shapes, intermediates, root_output, function is not None)
+
+
+def _shapes_only(tree: Any) -> Any:
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if isinstance(x, jax.Array) else x,
+        tree,
+    )
+
+
+def _tabulate(shapes: Any, intermediates: dict[str, Any], root_output: Any, ran: bool) -> Summary:
+    rows: list[tuple[str, ...]] = []
+    total_count = total_bytes = total_arrays = 0
+
+    def visit(node: Any, path: tuple[Any, ...]) -> None:
+        nonlocal total_count, total_bytes, total_arrays
+
+        def stop(x: Any) -> bool:
+            return x is not node and isinstance(x, eqx.Module)
+
+        own: list[tuple[str, jax.ShapeDtypeStruct]] = []
+        children: list[tuple[tuple[Any, ...], Any]] = []
+        for child_path, leaf in jtu.tree_leaves_with_path(node, is_leaf=stop):
+            if isinstance(leaf, eqx.Module) and leaf is not node:
+                children.append((path + child_path, leaf))
+            elif isinstance(leaf, jax.ShapeDtypeStruct):
+                own.append((path_str(child_path), leaf))
+        count = sum(_size(leaf) for _, leaf in own)
+        nbytes = sum(_size(leaf) * leaf.dtype.itemsize for _, leaf in own)
+        total_count += count
+        total_bytes += nbytes
+        total_arrays += len(own)
+        name = path_str(path)
+        if not path:
+            output = _format_output(root_output) if ran else "-"
+        else:
+            output = _format_output(intermediates.get(name)) if name in intermediates else "-"
+        rows.append(
+            (
+                name or "(root)",
+                type(node).__name__,
+                output,
+                ", ".join(f"{field} {_format_shape(leaf)}" for field, leaf in own),
+                f"{count:,}" if own else "",
+                _format_bytes(nbytes) if own else "",
+            )
+        )
+        for child_path, child in children:
+            visit(child, child_path)
+
+    visit(shapes, ())
+    footer = (
+        f"Total: {total_count:,} parameters in {total_arrays:,} arrays, "
+        f"{_format_bytes(total_bytes)}"
+    )
+    return Summary(rows, footer)
+
+
+def _size(leaf: jax.ShapeDtypeStruct) -> int:
+    return int(np.prod(leaf.shape, dtype=np.int64))
+
+
+def _format_shape(leaf: jax.ShapeDtypeStruct) -> str:
+    if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+        return f"key[{','.join(str(d) for d in leaf.shape)}]"
+    name = np.dtype(leaf.dtype).name
+    for long, short in (("bfloat", "bf"), ("float", "f"), ("uint", "u"), ("int", "i")):
+        name = name.replace(long, short)
+    name = name.replace("complex", "c")
+    return f"{name}[{','.join(str(d) for d in leaf.shape)}]"
+
+
+def _format_output(output: Any) -> str:
+    leaves = [
+        leaf
+        for leaf in jax.tree.leaves(output)
+        if isinstance(leaf, (jax.ShapeDtypeStruct, jax.Array, np.ndarray))
+    ]
+    if not leaves:
+        return "-"
+    text = ", ".join(_format_shape(leaf) for leaf in leaves)
+    return text if len(leaves) == 1 else f"({text})"
+
+
+def _format_bytes(nbytes: int) -> str:
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{nbytes} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _text_table(rows: list[tuple[str, ...]], footer: str) -> str:
+    table = [_COLUMNS, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(_COLUMNS))]
+    numeric = {4, 5}
+
+    def line(row: tuple[str, ...]) -> str:
+        cells = [
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths))
+        ]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([line(_COLUMNS), rule, *(line(row) for row in rows), rule, footer])
