@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,18 +16,31 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
 	touch $@ $(VENV)/.installed
+
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	touch $@
 
 demo: $(VENV)/.installed
 	$(BIN)/python examples/quickstart.py
 
+# The whole suite: lint, the tests (which run every docs snippet and every example's
+# --smoke mode), and a strict build of the documentation site.
 test: $(VENV)/.installed-dev lint
 	$(BIN)/python -m pytest -q
+	$(MAKE) docs
+
+docs: $(VENV)/.installed-dev
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $(VENV)/site
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check lazymod tests examples
-	$(BIN)/ruff format --check lazymod tests examples
+	$(BIN)/ruff check lazymod tests examples benchmarks
+	$(BIN)/ruff format --check lazymod tests examples benchmarks
 
 clean:
 	rm -rf $(VENV)

@@ -51,8 +51,8 @@ def main() -> None:
 
     # No in_features anywhere: the shapes come from this spec, by tracing.
     spec = jax.ShapeDtypeStruct((1,), jnp.float32)
+    print(lm.summary(MLP([32, 32, 1]), spec))  # what init will build; allocates nothing
     model = lm.init(MLP([32, 32, 1]), jax.random.key(0), spec)
-    print(model)
     print(f"initialized: {lm.is_initialized(model)}")
 
     # From here on it is a plain Equinox model: fit y = sin(3x) on [-1, 1].
