@@ -145,6 +145,7 @@ def _init(
     array is left as the `jax.ShapeDtypeStruct` the trace gives, computing nothing."""
     keys = normalize_keys(key)
     function = _resolve_method(module, method, has_inputs=bool(args or kwargs))
+    _check_no_lazy_module_twice(module)
     try:
         # Staged: the whole construction becomes one jaxpr, evaluated afterwards
         # without compiling a program per parameter shape (see _evaluate.py).
@@ -437,6 +438,35 @@ def _run_initializer(
             "`lambda key: jnp.asarray(...)` for a constant."
         )
     return value
+
+
+def _check_no_lazy_module_twice(root: Any) -> None:
+    """A pytree holds a separate copy of a module at each place it appears, so a lazy
+    module placed twice would silently become two layers with different weights."""
+    seen: dict[int, KeyPath] = {}
+
+    def visit(node: Any, path: KeyPath) -> None:
+        children = jtu.tree_leaves_with_path(
+            node, is_leaf=lambda x: x is not node and isinstance(x, eqx.Module)
+        )
+        for child_path, child in children:
+            if not isinstance(child, eqx.Module) or child is node or is_sentinel(child):
+                continue
+            full_path = path + child_path
+            first = seen.setdefault(id(child), full_path)
+            if first is not full_path and sentinels_with_paths(child):
+                raise InitError(
+                    f"{display_path(root, first)} and {display_path(root, full_path)} are "
+                    f"the same lazy {type(child).__name__} object. A pytree holds a "
+                    "separate copy at each place, so they would be initialized as two "
+                    "layers with different values. For two layers, create two objects; "
+                    "to reuse one layer, keep it in one field and call it twice; to tie "
+                    "weights between layers, wrap the initialized model's layers in "
+                    "eqx.nn.Shared."
+                )
+            visit(child, full_path)
+
+    visit(root, ())
 
 
 def _register_modules(root: Any, context: InitContext) -> list[Module]:

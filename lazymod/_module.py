@@ -190,7 +190,11 @@ def _locate(module: Any) -> str:
     frame = sys._getframe(1)
     while frame is not None:
         candidate = frame.f_locals.get("self")
-        if isinstance(candidate, eqx.Module) and candidate is not module:
+        if (
+            isinstance(candidate, eqx.Module)
+            and candidate is not module
+            and not type(candidate).__module__.startswith("equinox._")  # BoundMethod
+        ):
             callers.append(candidate)
         frame = frame.f_back
     for caller in reversed(callers):

@@ -1,0 +1,444 @@
+"""Every misuse gets a clear error: one row per misuse (the same table as docs/errors.md).
+Each row checks the exception type, that the message names the module path and field
+and says what to do, and that the user's module is left exactly as it was."""
+
+import dataclasses
+import io
+import re
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lazymod as lm
+
+from .helpers import spec
+
+
+class Model(lm.Module):
+    head: lm.nn.Linear
+
+    def __init__(self):
+        self.head = lm.nn.Linear(2)
+
+    def __call__(self, x):
+        return self.head(x)
+
+
+def make_initializer_model(fn):
+    class Holder(lm.Module):
+        table: Any
+
+        def __init__(self):
+            self.table = lm.Initializer(fn)
+
+    return Holder()
+
+
+def failing(key):
+    raise ValueError("bad scale")
+
+
+class RaisingRngInit(lm.Module):
+    w: jax.Array = lm.lazy()
+
+    def rng_init(self):
+        raise KeyError("oops")
+
+
+class Outer(lm.Module):
+    inner: RaisingRngInit
+
+
+class DataDependent(lm.Module):
+    w: jax.Array = lm.lazy()
+
+    def __call__(self, x):
+        if self.initializing():
+            self.w = x * 2  # from the input's values
+        return x
+
+
+class Branchy(lm.Module):
+    w: jax.Array = lm.lazy()
+
+    def __call__(self, x, branch=False):
+        if self.initializing() and branch:
+            self.w = jnp.zeros(x.shape)
+        return x
+
+
+class LeaksFromVmap(lm.Module):
+    w: jax.Array = lm.lazy()
+
+    def __call__(self, x):
+        def row(r):
+            if self.initializing():
+                self.w = r * 0 + jax.random.normal(lm.next_key(), r.shape)
+            return r
+
+        return jax.vmap(row)(x)
+
+
+class StaticTracer(lm.Module):
+    size: Any = eqx.field(static=True, default=None)
+
+    def __call__(self, x):
+        if self.initializing():
+            self.size = jax.random.normal(lm.next_key(), ())
+        return x
+
+
+class Undeclared(lm.Module):
+    def __call__(self, x):
+        if self.initializing():
+            self.extra = jnp.zeros(3)
+        return x
+
+
+class Twice(lm.Module):
+    a: Any
+    b: Any
+
+    def __call__(self, x):
+        return self.a(x) + self.b(x)
+
+
+class NoParamsStream(lm.Module):
+    w: jax.Array = lm.lazy()
+
+    def rng_init(self):
+        self.w = jax.random.normal(lm.next_key("dropout"), (3,))
+
+
+class Setter(lm.Module):
+    w: jax.Array = lm.lazy()
+
+    def __call__(self, x):
+        if self.initializing():
+            self.w = jnp.ones(3)
+        return x
+
+    def reset(self):
+        self.w = jnp.zeros(3)
+
+
+SHARED = lm.nn.Linear(3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str
+    module: Callable[[], Any]  # the user's module (checked untouched afterwards)
+    misuse: Callable[[Any], Any]  # module -> the misuse
+    error: type[BaseException]
+    says: tuple[str, ...]  # regexes the message must match
+
+    def __str__(self) -> str:
+        return self.name
+
+
+ROWS = [
+    Row(
+        "key-str",
+        Model,
+        lambda m: lm.init(m, "seed", spec(5)),
+        TypeError,
+        ("key must be a jax.random.key", "got str 'seed'"),
+    ),
+    Row(
+        "key-float-array",
+        Model,
+        lambda m: lm.init(m, jnp.ones(2), spec(5)),
+        TypeError,
+        ("key must be", "dtype float32"),
+    ),
+    Row(
+        "key-uint32-wrong-shape",
+        Model,
+        lambda m: lm.init(m, jnp.zeros(3, jnp.uint32), spec(5)),
+        TypeError,
+        ("uint32 array of shape \\(3,\\), which is not a legacy key",),
+    ),
+    Row(
+        "key-empty-dict",
+        Model,
+        lambda m: lm.init(m, {}, spec(5)),
+        TypeError,
+        ("empty dict of keys",),
+    ),
+    Row(
+        "key-stream-not-str",
+        Model,
+        lambda m: lm.init(m, {1: jax.random.key(0)}, spec(5)),
+        TypeError,
+        ("stream names must be str",),
+    ),
+    Row(
+        "stream-without-params-fallback",
+        NoParamsStream,
+        lambda m: lm.init(m, {"noise": jax.random.key(0)}),
+        lm.InitError,
+        ("stream 'dropout'", "no 'params' key to fall back to", "Add 'dropout' or 'params'"),
+    ),
+    Row(
+        "spec-batched-for-linear",
+        Model,
+        lambda m: lm.init(m, 0, spec(32, 5)),
+        lm.InitError,
+        (r"Model\.head \(Linear\)", r"shape \(in_features,\)", r"\(32, 5\)", "jax.vmap"),
+    ),
+    Row(
+        "spec-wrong-rank-for-conv",
+        lambda: lm.nn.Sequential([lm.nn.Conv2d(4, 3)]),
+        lambda m: lm.init(m, 0, spec(8, 8)),
+        lm.InitError,
+        (r"Sequential\.layers\[0\] \(Conv2d\)", "rank-3", r"\(8, 8\)"),
+    ),
+    Row(
+        "spec-groups-do-not-divide-channels",
+        lambda: lm.nn.Sequential([lm.nn.Conv2d(4, 3, groups=2)]),
+        lambda m: lm.init(m, 0, spec(3, 8, 8)),
+        lm.InitError,
+        (r"Sequential\.layers\[0\] \(Conv2d\)", "groups"),
+    ),
+    Row(
+        "initializer-raises",
+        lambda: make_initializer_model(failing),
+        lambda m: lm.init(m, 0),
+        lm.InitError,
+        (r"Holder\.table: its Initializer raised ValueError: bad scale",),
+    ),
+    Row(
+        "initializer-returns-python-scalar",
+        lambda: make_initializer_model(lambda key: 1.0),
+        lambda m: lm.init(m, 0),
+        lm.InitError,
+        (r"Holder\.table: its Initializer returned float 1.0, not an array", "jnp.asarray"),
+    ),
+    Row(
+        "initializer-returns-non-array",
+        lambda: make_initializer_model(lambda key: "zeros"),
+        lambda m: lm.init(m, 0),
+        lm.InitError,
+        (r"Holder\.table: its Initializer returned str", "must return a jax.Array"),
+    ),
+    Row(
+        "initializer-fn-not-callable",
+        lambda: None,
+        lambda m: lm.Initializer(3),
+        TypeError,
+        # Under the test suite's jaxtyping hook, its own TypeError comes first.
+        (r"Initializer\(fn\) needs a function key -> array; got int|parameter 'fn'",),
+    ),
+    Row(
+        "rng-init-raises",
+        lambda: Outer(RaisingRngInit()),
+        lambda m: lm.init(m, 0),
+        lm.InitError,
+        (r"Outer\.inner \(RaisingRngInit\): rng_init raised KeyError",),
+    ),
+    Row(
+        "next-key-outside-init",
+        lambda: None,
+        lambda m: lm.next_key(),
+        lm.InitError,
+        ("called outside lazymod.init", "pass a key explicitly"),
+    ),
+    Row(
+        "assign-field-outside-init",
+        lambda: lm.init(Setter(), 0, spec(2)),
+        lambda m: m.reset(),
+        dataclasses.FrozenInstanceError,
+        ("cannot assign to field 'w' of Setter", "eqx.tree_at"),
+    ),
+    Row(
+        "assign-undeclared-field-during-init",
+        Undeclared,
+        lambda m: lm.init(m, 0, spec(2)),
+        AttributeError,
+        ("Undeclared has no field 'extra'", r"extra: jax.Array = lazymod.lazy\(\)"),
+    ),
+    Row(
+        "call-uninitialized",
+        Model,
+        lambda m: m(jnp.ones(5)),
+        lm.UninitializedError,
+        (r"Model\.head \(Linear\)", "not initialized", r"lazymod.init\(model, key"),
+    ),
+    Row(
+        "call-uninitialized-under-jit",
+        Model,
+        lambda m: eqx.filter_jit(lambda m, x: m(x))(m, jnp.ones(5)),
+        lm.UninitializedError,
+        (r"Model\.head \(Linear\)", "not initialized"),
+    ),
+    Row(
+        "call-uninitialized-under-vmap",
+        Model,
+        lambda m: jax.vmap(m)(jnp.ones((4, 5))),
+        lm.UninitializedError,
+        (r"Model\.head \(Linear\)", "not initialized"),
+    ),
+    Row(
+        "data-dependent-init-on-a-spec",
+        DataDependent,
+        lambda m: lm.init(m, 0, spec(3)),
+        lm.InitError,
+        (r"DataDependent\.w: this value depends on the values of an input", "real arrays"),
+    ),
+    Row(
+        "placeholder-left-by-unreached-branch",
+        Branchy,
+        lambda m: lm.init(m, 0, spec(3)),
+        lm.InitError,
+        (r"left 1 field uninitialized", r"Branchy\.w", "partial=True"),
+    ),
+    Row(
+        "field-set-to-a-tracer-that-would-leak",
+        LeaksFromVmap,
+        lambda m: lm.init(m, 0, spec(4, 3)),
+        lm.InitError,
+        (r"LeaksFromVmap\.w", "inside a JAX transformation", "outside the transformation"),
+    ),
+    Row(
+        "tracer-in-a-static-field",
+        StaticTracer,
+        lambda m: lm.init(m, 0, spec(3)),
+        lm.InitError,
+        (r"StaticTracer\.size: a traced array was assigned to this static field",),
+    ),
+    Row(
+        "same-lazy-module-twice",
+        lambda: Twice(SHARED, SHARED),
+        lambda m: lm.init(m, 0, spec(5)),
+        lm.InitError,
+        (r"Twice\.a and Twice\.b are the same lazy Linear object", "eqx.nn.Shared"),
+    ),
+    Row(
+        "method-not-found",
+        Model,
+        lambda m: lm.init(m, 0, spec(5), method="encode"),
+        AttributeError,
+        ("Model has no method 'encode'",),
+    ),
+    Row(
+        "method-bound-to-another-object",
+        Model,
+        lambda m: lm.init(m, 0, spec(5), method=Model().__call__),
+        TypeError,
+        ("bound to another object",),
+    ),
+    Row(
+        "inputs-but-not-callable",
+        lambda: [lm.nn.Linear(2)],
+        lambda m: lm.init(m, 0, spec(5)),
+        TypeError,
+        ("list is not callable", "method="),
+    ),
+    Row(
+        "partial-not-bool",
+        Model,
+        lambda m: lm.init(m, 0, spec(5), partial="yes"),
+        TypeError,
+        ("must be bool|parameter 'partial'",),
+    ),
+    Row(
+        "restore-mismatch",
+        Model,
+        lambda m: lm.restore(m, saved(lm.init(Model(), 0, spec(4))), spec(5)),
+        lm.InitError,
+        (r"Model\.head\.weight: expected float32\[2, 5\], found float32\[2, 4\]",),
+    ),
+]
+
+
+def saved(model):
+    file = io.BytesIO()
+    eqx.tree_serialise_leaves(file, model)
+    file.seek(0)
+    return file
+
+
+def fields_of(tree: Any) -> list[Any]:
+    """The objects a misuse must not replace: a module's fields, a container's items."""
+    if isinstance(tree, eqx.Module):
+        return list(vars(tree).items())
+    return list(tree) if isinstance(tree, list) else []
+
+
+@pytest.mark.parametrize("row", ROWS, ids=str)
+def test_misuse_gets_a_clear_error_and_leaves_the_module_untouched(row: Row):
+    module = row.module()
+    arrays = jax.tree.map(np.asarray, eqx.filter(module, eqx.is_array))
+    fields = fields_of(module)
+    with pytest.raises(row.error) as raised:
+        row.misuse(module)
+    message = str(raised.value)
+    for pattern in row.says:
+        assert re.search(pattern, message), f"{pattern!r} not in: {message}"
+    after = jax.tree.map(np.asarray, eqx.filter(module, eqx.is_array))
+    assert jax.tree.structure(after) == jax.tree.structure(arrays)
+    assert all(map(np.array_equal, jax.tree.leaves(after), jax.tree.leaves(arrays)))
+    now = fields_of(module)
+    assert len(now) == len(fields) and all(a is b or a == b for a, b in zip(now, fields))
+
+
+def test_every_row_is_in_the_docs_errors_page():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
+    for phrase in (
+        "expected a vector of shape (in_features,)",
+        "left 2 fields uninitialized",
+        "this value depends on the values of an input",
+        "its Initializer raised",
+        "rng_init raised",
+        "inside a JAX transformation",
+        "a traced array was assigned to this static field",
+        "lazymod.next_key() was called outside lazymod.init",
+        "no 'params' key to fall back to",
+        "the same lazy",
+        "lazymod.restore: the checkpoint",
+        "UninitializedError",
+        "assigning a field",
+        "cannot assign to field",
+    ):
+        assert phrase in page, phrase
+
+
+def test_init_of_an_initialized_model_returns_an_equal_model():
+    """Defined behaviour: nothing is lazy any more, so init draws nothing and returns a
+    model equal to its argument (whatever the key), as a new tree."""
+    model = lm.init(Model(), 0, spec(5))
+    again = lm.init(model, 1, spec(5))
+    assert again is not model
+    np.testing.assert_array_equal(again.head.weight, model.head.weight)
+    np.testing.assert_array_equal(again.head.bias, model.head.bias)
+
+
+def test_nested_init_inside_init_is_an_independent_init():
+    class Nested(lm.Module):
+        w: jax.Array = lm.lazy()
+
+        def __call__(self, x):
+            if self.initializing():
+                self.w = lm.init(lm.nn.Linear(3), jax.random.key(5), x).weight
+            return x
+
+    outer = lm.init(Nested(), 0, spec(4))
+    alone = lm.init(lm.nn.Linear(3), jax.random.key(5), spec(4))
+    np.testing.assert_array_equal(outer.w, alone.weight)
+
+
+def test_an_exception_inside_init_leaves_no_state_behind():
+    with pytest.raises(lm.InitError):
+        lm.init(DataDependent(), 0, spec(3))
+    with pytest.raises(lm.InitError, match="outside lazymod.init"):
+        lm.next_key()
+    model = lm.init(Model(), 0, spec(5))
+    assert lm.is_initialized(model)
