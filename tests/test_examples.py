@@ -12,7 +12,7 @@ import pytest
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SCRIPTS = ["quickstart.py", "digits_cnn.py"]
+SCRIPTS = ["quickstart.py", "digits_cnn.py", "char_transformer.py"]
 
 
 def run(script: str, *args: str) -> str:
@@ -51,3 +51,10 @@ def test_digits_cnn_reaches_97_percent():
     losses, accuracies = zip(*history)
     assert accuracies[-1] >= 0.97, history
     assert losses[-1] < losses[0] / 10, history
+
+
+def test_char_transformer_loss_falls_below_its_stated_value():
+    transformer = load_example("char_transformer")
+    _, losses = transformer.train(300, log=lambda message: None)
+    assert losses[0] > 4.0, losses[:10]  # about log(100): a uniform guess
+    assert sum(losses[-50:]) / 50 < 2.1, losses[-50:]
