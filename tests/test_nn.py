@@ -265,3 +265,38 @@ def test_is_initialized_sees_lazy_layers_before_init_only():
         assert not lm.is_initialized(layer)
         assert not lm.is_initialized([eqx.nn.Identity(), {"inner": layer}])
     assert lm.is_initialized(lm.init(lm.nn.Linear(3), 0, spec(5)))
+
+
+def test_shared_ties_weights_of_lazy_layers():
+    class Tied(lm.Module):
+        shared: lm.nn.Shared
+
+        def __init__(self):
+            embedding = eqx.nn.Embedding(20, 6, key=jax.random.key(3))
+            linear = lm.nn.Linear(20, use_bias=False)
+            self.shared = lm.nn.Shared(
+                (embedding, linear), lambda p: p[1].weight, lambda p: p[0].weight
+            )
+
+        def __call__(self, tokens):
+            embedding, linear = self.shared()
+            return jax.vmap(linear)(jax.vmap(embedding)(tokens))
+
+    model = lm.init(Tied(), 0, spec(5, dtype=jnp.int32))
+    assert type(model.shared) is eqx.nn.Shared and lm.is_initialized(model)
+    embedding, linear = model.shared()
+    assert linear.weight is embedding.weight and linear.in_features == 6
+    tokens = jnp.arange(5)
+    expected = embedding.weight[tokens] @ embedding.weight.T
+    np.testing.assert_allclose(model(tokens), expected, rtol=1e-5, atol=1e-5)
+
+    class Mismatched(Tied):
+        def __init__(self):
+            embedding = eqx.nn.Embedding(20, 6, key=jax.random.key(3))
+            linear = lm.nn.Linear(19, use_bias=False)
+            self.shared = lm.nn.Shared(
+                (embedding, linear), lambda p: p[1].weight, lambda p: p[0].weight
+            )
+
+    with pytest.raises(lm.InitError, match=r"Mismatched.shared \(Shared\): equinox.nn.Shared"):
+        lm.init(Mismatched(), 0, spec(5, dtype=jnp.int32))

@@ -25,7 +25,6 @@ from equinox.nn import (
     MaxPool3d as MaxPool3d,
     Pool as Pool,
     Sequential as Sequential,
-    Shared as Shared,
     State as State,
     StatefulLayer as StatefulLayer,
     StateIndex as StateIndex,
@@ -50,5 +49,6 @@ from ._norm import GroupNorm as GroupNorm, LayerNorm as LayerNorm, RMSNorm as RM
 from ._prelu import PReLU as PReLU
 from ._recurrent import GRUCell as GRUCell, LSTMCell as LSTMCell
 from ._rotary import RotaryPositionalEmbedding as RotaryPositionalEmbedding
+from ._shared import Shared as Shared
 from ._spectral_norm import SpectralNorm as SpectralNorm
 from ._weight_norm import WeightNorm as WeightNorm
