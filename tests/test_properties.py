@@ -17,7 +17,7 @@ from .helpers import spec, tree_bit_equal
 
 
 PROPERTY_SETTINGS = settings(
-    max_examples=12,
+    max_examples=8,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],
