@@ -147,7 +147,24 @@ def sentinels_with_paths(tree: Any) -> list[tuple[KeyPath, Any]]:
     """Every `Initializer` and placeholder in `tree`, with its path, including those
     a module holds as a class-level field default (`x: Array = lm.lazy()` left unset
     by a custom `__init__`), which flattening the module does not show."""
-    found: list[tuple[KeyPath, Any]] = []
+    return [(path, sentinel) for path, sentinel, _, _ in _sentinel_sites(tree)]
+
+
+def default_sentinels_with_paths(tree: Any) -> list[tuple[KeyPath, Any, str, Any]]:
+    """`(path, module, field name, sentinel)` for every sentinel that a module in `tree`
+    holds as a class-level field default only."""
+    return [
+        (path, owner, name, sentinel)
+        for path, sentinel, owner, name in _sentinel_sites(tree)
+        if owner is not None
+    ]
+
+
+def _sentinel_sites(tree: Any) -> list[tuple[KeyPath, Any, Any, str]]:
+    """`(path, sentinel, owner, field name)` for every sentinel in `tree`; `owner` is
+    the module holding it as a class-level default, `None` for a sentinel that is a
+    leaf of the tree."""
+    found: list[tuple[KeyPath, Any, Any, str]] = []
 
     def visit(node: Any, path: KeyPath) -> None:
         def stop(x: Any) -> bool:
@@ -155,30 +172,11 @@ def sentinels_with_paths(tree: Any) -> list[tuple[KeyPath, Any]]:
 
         for child_path, leaf in jtu.tree_leaves_with_path(node, is_leaf=stop):
             if is_sentinel(leaf):
-                found.append((path + child_path, leaf))
+                found.append((path + child_path, leaf, None, ""))
             elif isinstance(leaf, eqx.Module) and leaf is not node:
                 visit(leaf, path + child_path)
         for name, value in _default_sentinels(node):
-            found.append((path + (jtu.GetAttrKey(name),), value))
-
-    visit(tree, ())
-    return found
-
-
-def default_sentinels_with_paths(tree: Any) -> list[tuple[KeyPath, Any, str, Any]]:
-    """`(path, module, field name, sentinel)` for every sentinel that a module in `tree`
-    holds as a class-level field default only."""
-    found: list[tuple[KeyPath, Any, str, Any]] = []
-
-    def visit(node: Any, path: KeyPath) -> None:
-        def stop(x: Any) -> bool:
-            return x is not node and isinstance(x, eqx.Module)
-
-        for child_path, leaf in jtu.tree_leaves_with_path(node, is_leaf=stop):
-            if isinstance(leaf, eqx.Module) and leaf is not node:
-                visit(leaf, path + child_path)
-        for name, value in _default_sentinels(node):
-            found.append((path + (jtu.GetAttrKey(name),), node, name, value))
+            found.append((path + (jtu.GetAttrKey(name),), value, node, name))
 
     visit(tree, ())
     return found
