@@ -14,7 +14,8 @@ elements. Everything else is evaluated as `jax.core.eval_jaxpr` would.
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -24,11 +25,21 @@ from jax import lax
 from jax.extend import core as jex_core
 from jax.extend.random import threefry2x32_p, threefry_prng_impl
 
+from . import _host_keys
+from ._host_keys import HostKeys
+
 
 # Chunk sizes (elements): small values use the small one, so a 32-wide layer does not
 # pay for 2**18 random numbers; large values use the large one, for few dispatches.
 _SMALL_CHUNK = 2**12
 _LARGE_CHUNK = 2**18
+# Values of at most `_PACK_LIMIT` elements with the same structure are computed side by
+# side, up to `_PACK_SEGMENTS` values and `_PACK_CHUNK` elements per program call: a
+# deep, narrow model's hundreds of small parameters take a few calls, not hundreds.
+_PACK_LIMIT = 2**16
+_PACK_CHUNK = 2**17
+_PACK_SEGMENTS = 256
+_ROW = 2**15
 
 _ELEMENTWISE = frozenset(
     """abs acos acosh add and asin asinh atan atan2 atanh bitcast_convert_type cbrt ceil clamp clz
@@ -66,6 +77,7 @@ def evaluate(closed: jex_core.ClosedJaxpr, outvars: Sequence[Any]) -> list[Any]:
     (in host memory: the caller places them on devices); others are JAX arrays."""
     jaxpr = closed.jaxpr.replace(outvars=list(outvars))
     outs = _eval(jaxpr, closed.consts, [None] * len(jaxpr.invars))
+    _compute_all([out for out in outs if isinstance(out, _Symbolic)])
     return [_concrete(out) for out in outs]
 
 
@@ -84,6 +96,9 @@ def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> 
             return np.asarray(v.val, v.aval.dtype) if np.ndim(v.val) == 0 else v.val
         return env[v]
 
+    if _host_keys.enabled():
+        consts = [_host_keys.from_array(c) or c for c in consts]
+        args = [_host_keys.from_array(a) or a for a in args]
     env.update(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
     for eqn in jaxpr.eqns:
@@ -95,7 +110,7 @@ def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> 
 
 def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
     name = eqn.primitive.name
-    symbolic = any(isinstance(x, _Symbolic) for x in ins)
+    symbolic = any(isinstance(x, _Symbolic | HostKeys) for x in ins)
     if name in _CALLS and _worth_inlining(eqn, symbolic):
         closed = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
         return _eval(closed.jaxpr, closed.consts, ins)
@@ -105,10 +120,15 @@ def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
     shape, dtype = tuple(aval.shape), aval.dtype
     if name == "random_bits":
         if eqn.params["bit_width"] <= 32 and _is_threefry_key(ins[0]):
-            key = _host(jax.random.key_data(ins[0]))
+            key = ins[0]
+            key = key.data if isinstance(key, HostKeys) else _host(jax.random.key_data(key))
             width = eqn.params["bit_width"]
             return [_Symbolic(shape, dtype, "bits", True, key=key, width=width)]
         return _bind(eqn, ins)
+    if ins and isinstance(ins[0], HostKeys):
+        out = _host_keys.apply(name, eqn.params, ins, dtype)
+        if out is not None:
+            return [out]
     if name == "broadcast_in_dim" and _is_scalar(ins[0]):
         if _size(shape) == 1:
             return [_reshaped(ins[0], shape)]
@@ -136,7 +156,7 @@ def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
 
 
 def _size(shape: Sequence[int]) -> int:
-    return int(np.prod(shape, dtype=int))
+    return math.prod(shape)
 
 
 def _is_scalar(x: Any) -> bool:
@@ -148,7 +168,12 @@ def _is_scalar(x: Any) -> bool:
 
 
 def _plain_dtype(x: Any) -> bool:
-    return not jnp.issubdtype(getattr(x, "dtype", np.float32), jax.dtypes.extended)
+    return not _is_extended(getattr(x, "dtype", np.float32))
+
+
+@functools.cache
+def _is_extended(dtype: Any) -> bool:
+    return jnp.issubdtype(dtype, jax.dtypes.extended)
 
 
 def _reshaped(x: Any, shape: tuple[int, ...]) -> Any:
@@ -179,6 +204,8 @@ def _worth_inlining(eqn: Any, symbolic: bool) -> bool:
 
 
 def _is_threefry_key(x: Any) -> bool:
+    if isinstance(x, HostKeys):
+        return x.shape == ()
     return (
         isinstance(x, jax.Array)
         and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
@@ -204,6 +231,8 @@ def _elementwise_inputs(eqn: Any, ins: list[Any]) -> bool:
 
 
 def _concrete(x: Any) -> Any:
+    if isinstance(x, HostKeys):
+        return x.to_jax()
     if not isinstance(x, _Symbolic):
         return x
     if x.value is None:
@@ -211,13 +240,41 @@ def _concrete(x: Any) -> Any:
     return x.value
 
 
-def _compute(root: _Symbolic) -> Any:
-    """Compute a symbolic value chunk by chunk with the compiled program for its
-    structure."""
+@dataclasses.dataclass
+class _Plan:
+    """How to compute one symbolic value: its structure (`nodes`, the cache key of its
+    program) and the inputs of that structure."""
+
+    root: _Symbolic
+    nodes: tuple[tuple[Any, ...], ...]
+    keys: list[Any]  # uint32[2] each
+    scalars: list[Any]  # 0-d each
+    arrays: list[Any]  # computed per-element values, flattened
+
+    @property
+    def size(self) -> int:
+        return _size(self.root.shape)
+
+    @property
+    def packable(self) -> bool:
+        """Whether the value can share a program call with other small values."""
+        return (
+            self.root.per_element
+            and not self.arrays
+            and self.size <= _PACK_LIMIT
+            and not any(isinstance(x, jax.core.Tracer) for x in (*self.keys, *self.scalars))
+        )
+
+    @property
+    def structure(self) -> tuple[Any, ...]:
+        return (self.nodes, tuple(s.dtype for s in self.scalars), np.dtype(self.root.dtype))
+
+
+def _plan(root: _Symbolic) -> _Plan:
     nodes: list[tuple[Any, ...]] = []
     keys: list[np.ndarray] = []
     scalars: list[np.ndarray] = []
-    arrays: list[np.ndarray] = []  # computed per-element values, flattened
+    arrays: list[np.ndarray] = []
     index: dict[int, int] = {}
 
     def ref(x: Any) -> tuple[str, int]:
@@ -247,13 +304,96 @@ def _compute(root: _Symbolic) -> Any:
         return len(nodes) - 1
 
     visit(root)
-    size = _size(root.shape)
+    return _Plan(root, tuple(nodes), keys, scalars, arrays)
+
+
+def _compute(root: _Symbolic) -> Any:
+    """Compute a symbolic value with the compiled program for its structure."""
+    return _launch(_plan(root))()
+
+
+def _compute_all(roots: Sequence[_Symbolic]) -> None:
+    """Compute every value in `roots` (setting its `value`). Every program is
+    dispatched before any result is awaited, so they overlap; small values of the same
+    structure share program calls."""
+    plans, seen = [], set()
+    for root in roots:
+        if root.value is None and id(root) not in seen:
+            seen.add(id(root))
+            plans.append(_plan(root))
+    finishers: list[tuple[list[_Symbolic], Callable[[], list[Any]]]] = []
+    groups: dict[tuple[Any, ...], list[_Plan]] = {}
+    for plan in plans:
+        if plan.packable:
+            groups.setdefault(plan.structure, []).append(plan)
+        else:
+            finish = _launch(plan)
+            finishers.append(([plan.root], lambda finish=finish: [finish()]))
+    for group in groups.values():
+        for batch in _batches(group):
+            finishers.append(([plan.root for plan in batch], _launch_packed(batch)))
+    for done, finish in finishers:
+        for root, value in zip(done, finish()):
+            root.value = value
+
+
+def _batches(plans: list[_Plan]) -> list[list[_Plan]]:
+    """Consecutive runs of `plans` that fit one packed call."""
+    batches: list[list[_Plan]] = [[]]
+    filled = 0
+    for plan in plans:
+        if filled + plan.size > _PACK_CHUNK or len(batches[-1]) == _PACK_SEGMENTS:
+            batches.append([])
+            filled = 0
+        batches[-1].append(plan)
+        filled += plan.size
+    return [batch for batch in batches if batch]
+
+
+def _launch_packed(batch: list[_Plan]) -> Any:
+    """Dispatch one call computing every value of `batch` (same structure, each at most
+    `_PACK_LIMIT` elements) side by side; return a function that awaits it and returns
+    the values. Element `i` of each value is computed from that value's keys and
+    scalars and its own flat index `i`, exactly as the value alone would be."""
+    sizes = [plan.size for plan in batch]
+    starts = np.zeros(_PACK_SEGMENTS, np.uint32)
+    starts[1 : len(batch)] = np.cumsum(sizes)[:-1]
+    segment = np.zeros(_PACK_CHUNK, np.int32)
+    segment[: sum(sizes)] = np.repeat(np.arange(len(batch), dtype=np.int32), sizes)
+    first = batch[0]
+    keys = [
+        np.zeros((_PACK_SEGMENTS, 2), np.uint32) for _ in first.keys
+    ]  # one table per key of the structure
+    scalars = [np.zeros(_PACK_SEGMENTS, s.dtype) for s in first.scalars]
+    for number, plan in enumerate(batch):
+        for table, key in zip(keys, plan.keys):
+            table[number] = key
+        for table, scalar in zip(scalars, plan.scalars):
+            table[number] = scalar
+    program = _packed_program(*first.structure)
+    out = program(segment, starts, keys, scalars)
+
+    def finish() -> list[Any]:
+        flat = _host(out)  # a tracer inside jit, vmap, ...
+        return [
+            flat[start : start + size].reshape(plan.root.shape)
+            for plan, start, size in zip(batch, starts.tolist(), sizes)
+        ]
+
+    return finish
+
+
+def _launch(plan: _Plan) -> Any:
+    """Dispatch the calls computing one value chunk by chunk; return a function that
+    awaits them and returns the value."""
+    root, keys, scalars, arrays = plan.root, plan.keys, plan.scalars, plan.arrays
+    size = plan.size
+    scalar_dtypes = tuple(s.dtype for s in scalars)
     if not root.per_element:
-        program = _program(tuple(nodes), tuple(s.dtype for s in scalars), 1)
-        out = program(np.zeros(2, np.uint32), keys, scalars, [])
-        return _host(out).reshape(root.shape)
+        out = _program(plan.nodes, scalar_dtypes, 1)(np.zeros(2, np.uint32), keys, scalars, [])
+        return lambda: _host(out).reshape(root.shape)
     chunk = _SMALL_CHUNK if size <= 4 * _SMALL_CHUNK else _LARGE_CHUNK
-    program = _program(tuple(nodes), tuple(s.dtype for s in scalars), chunk)
+    program = _program(plan.nodes, scalar_dtypes, chunk)
     parts = [
         program(
             np.array([start >> 32, start & 0xFFFFFFFF], np.uint32),
@@ -263,14 +403,18 @@ def _compute(root: _Symbolic) -> Any:
         )
         for start in range(0, size, chunk)
     ]
-    if any(isinstance(part, jax.core.Tracer) for part in parts):  # inside jit, vmap, ...
-        return jnp.concatenate(parts)[:size].reshape(root.shape)
-    out = np.empty(size, np.dtype(root.dtype))
-    for number, part in enumerate(parts):
-        start = number * chunk
-        stop = min(size, start + chunk)
-        out[start:stop] = np.asarray(part)[: stop - start]
-    return out.reshape(root.shape)
+
+    def finish() -> Any:
+        if any(isinstance(part, jax.core.Tracer) for part in parts):  # inside jit, vmap
+            return jnp.concatenate(parts)[:size].reshape(root.shape)
+        out = np.empty(size, np.dtype(root.dtype))
+        for number, part in enumerate(parts):
+            start = number * chunk
+            stop = min(size, start + chunk)
+            out[start:stop] = np.asarray(part)[: stop - start]
+        return out.reshape(root.shape)
+
+    return finish
 
 
 def _host(x: Any) -> Any:
@@ -304,34 +448,93 @@ def _program(nodes: tuple[tuple[Any, ...], ...], scalar_dtypes: tuple[Any, ...],
         # The barriers keep XLA from folding constants into, or fusing callers with,
         # this computation: inlined into an enclosing jit it computes the same bits.
         scalars, arrays = lax.optimization_barrier((scalars, arrays))
-        iota = lax.iota(np.uint32, chunk)
+        shape = _block_shape(chunk)
+        iota = _flat_iota(shape)
         low = offset[1] + iota
         high = offset[0] + (low < iota).astype(np.uint32)  # carry into the high word
-        values: list[jax.Array] = []
-
-        def read(ref: tuple[str, int], per_element: bool) -> jax.Array:
-            kind, i = ref
-            x = values[i] if kind == "node" else scalars[i]
-            return jnp.broadcast_to(x, (chunk,)) if per_element and x.ndim == 0 else x
-
-        for spec in nodes:
-            if spec[0] == "bits":
-                _, k, width = spec
-                bits1, bits2 = threefry2x32_p.bind(keys[k][0], keys[k][1], high, low)
-                bits = bits1 ^ bits2
-                if width != 32:
-                    bits = lax.convert_element_type(bits, np.dtype(f"uint{width}"))
-                values.append(bits)
-            elif spec[0] == "fill":
-                values.append(read(spec[1], True))
-            elif spec[0] == "value":
-                values.append(read(spec[1], False).reshape(()))
-            elif spec[0] == "array":
-                values.append(arrays[spec[1]])
-            else:
-                _, primitive, params, refs, per_element = spec
-                ins = [read(r, per_element) for r in refs]
-                values.append(primitive.bind(*ins, **dict(params)))
-        return lax.optimization_barrier(values[-1])
+        key_words = [(key[0], key[1]) for key in keys]
+        arrays = [a.reshape(shape) for a in arrays]
+        out = _run_nodes(nodes, shape, high, low, key_words, scalars, arrays)
+        return lax.optimization_barrier(out.reshape(chunk))
 
     return jax.jit(run)
+
+
+@functools.cache
+def _packed_program(nodes: tuple[tuple[Any, ...], ...], scalar_dtypes: tuple[Any, ...], dtype: Any):
+    """One compiled program per structure computing up to `_PACK_SEGMENTS` small values
+    side by side in `_PACK_CHUNK` elements: element `i` belongs to value `segment[i]`,
+    which starts at `starts[segment[i]]`, and is computed with that value's keys and
+    scalars (one row of each table) at its own flat index."""
+    del scalar_dtypes, dtype  # part of the cache key only
+
+    def run(
+        segment: jax.Array,
+        starts: jax.Array,
+        keys: list[jax.Array],
+        scalars: list[jax.Array],
+    ) -> jax.Array:
+        scalars = lax.optimization_barrier(scalars)
+        shape = _block_shape(_PACK_CHUNK)
+        segment = segment.reshape(shape)
+        low = _flat_iota(shape) - starts[segment]
+        high = jnp.zeros_like(low)
+        key_words = [(table[segment, 0], table[segment, 1]) for table in keys]
+        scalars = [table[segment] for table in scalars]
+        out = _run_nodes(nodes, shape, high, low, key_words, scalars, [])
+        return lax.optimization_barrier(out.reshape(_PACK_CHUNK))
+
+    return jax.jit(run)
+
+
+def _block_shape(chunk: int) -> tuple[int, ...]:
+    """A chunk's elements as rows of `_ROW` elements: XLA spreads the rows of a 2-d
+    computation over the CPU's cores, not the elements of a 1-d one."""
+    return (chunk // _ROW, _ROW) if chunk >= 2 * _ROW else (chunk,)
+
+
+def _flat_iota(shape: tuple[int, ...]) -> jax.Array:
+    """The row-major flat index of every element of `shape`, as uint32."""
+    if len(shape) == 1:
+        return lax.iota(np.uint32, shape[0])
+    rows = lax.broadcasted_iota(np.uint32, shape, 0)
+    return rows * np.uint32(shape[1]) + lax.broadcasted_iota(np.uint32, shape, 1)
+
+
+def _run_nodes(
+    nodes: tuple[tuple[Any, ...], ...],
+    shape: tuple[int, ...],
+    high: jax.Array,
+    low: jax.Array,
+    keys: list[tuple[jax.Array, jax.Array]],
+    scalars: list[jax.Array],
+    arrays: list[jax.Array],
+) -> jax.Array:
+    """The value `nodes` describe at the flat indices `(high, low)`: the body of both
+    programs. A scalar is 0-d, or has one entry per element (packed values)."""
+    values: list[jax.Array] = []
+
+    def read(ref: tuple[str, int], per_element: bool) -> jax.Array:
+        kind, i = ref
+        x = values[i] if kind == "node" else scalars[i]
+        return jnp.broadcast_to(x, shape) if per_element and x.ndim == 0 else x
+
+    for spec in nodes:
+        if spec[0] == "bits":
+            _, k, width = spec
+            bits1, bits2 = threefry2x32_p.bind(*keys[k], high, low)
+            bits = bits1 ^ bits2
+            if width != 32:
+                bits = lax.convert_element_type(bits, np.dtype(f"uint{width}"))
+            values.append(bits)
+        elif spec[0] == "fill":
+            values.append(read(spec[1], True))
+        elif spec[0] == "value":
+            values.append(read(spec[1], False))
+        elif spec[0] == "array":
+            values.append(arrays[spec[1]])
+        else:
+            _, primitive, params, refs, per_element = spec
+            ins = [read(r, per_element) for r in refs]
+            values.append(primitive.bind(*ins, **dict(params)))
+    return values[-1]

@@ -547,14 +547,18 @@ def _place(
     straight to their shards."""
     if isinstance(sharding, jax.sharding.Mesh):
         sharding = _annotation_rule(module, sharding)
-    placed = []
+    placed = list(values)
+    host: list[int] = []  # host arrays bound for the default device: one transfer
     for i, value in enumerate(values):
         target = None
         if i < rebuild.num_params and sharding is not None:
             target = _sharding_for(module, rebuild.array_paths[i], value, sharding)
-        if isinstance(value, np.ndarray) or target is not None:
-            value = jax.device_put(value, target)  # inside jit: a sharding constraint
-        placed.append(value)
+        if target is not None:
+            placed[i] = jax.device_put(value, target)  # inside jit: a sharding constraint
+        elif isinstance(value, np.ndarray):
+            host.append(i)
+    for i, value in zip(host, jax.device_put([values[i] for i in host])):
+        placed[i] = value
     return placed
 
 

@@ -4,6 +4,7 @@ passed through `jax.jit`, `eqx.filter_jit` or `jax.tree_util` functions; they ar
 replaced when `lazymod.init` runs."""
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -185,11 +186,18 @@ def _sentinel_sites(tree: Any) -> list[tuple[KeyPath, Any, Any, str]]:
 def _default_sentinels(node: Any) -> list[tuple[str, Any]]:
     if not (isinstance(node, eqx.Module) and dataclasses.is_dataclass(node)):
         return []
-    return [
-        (name, value)
-        for name, value in field_items(node)
-        if name not in vars(node) and is_sentinel(value)
-    ]
+    assigned = vars(node)
+    return [(name, value) for name, value in _class_sentinels(type(node)) if name not in assigned]
+
+
+@functools.cache
+def _class_sentinels(cls: type) -> tuple[tuple[str, Any], ...]:
+    """The fields of `cls` whose class-level default is a sentinel."""
+    return tuple(
+        (f.name, getattr(cls, f.name))
+        for f in dataclasses.fields(cls)
+        if is_sentinel(getattr(cls, f.name, None))
+    )
 
 
 def is_initialized(tree: Any) -> bool:

@@ -101,3 +101,38 @@ def test_a_value_computed_twice_is_shared():
     key = jax.random.key(1)
     closed = jax.make_jaxpr(lambda: sampler(key))()
     assert tree_bit_equal(tuple(evaluate(closed, closed.jaxpr.outvars)), sampler(key))
+
+
+KEY_DERIVATIONS = {
+    "split": lambda k: jax.random.split(k, 5),
+    "split_2d": lambda k: jax.random.split(k, (3, 4)),
+    "fold_in": lambda k: jax.random.fold_in(k, 7),
+    "fold_in_max": lambda k: jax.random.fold_in(k, np.uint32(2**32 - 1)),
+    "index_unpack": lambda k: jnp.stack(list(jax.random.split(k, 3))[::-1]),
+    "slice_reshape": lambda k: jax.random.split(k, 12)[2:11:3].reshape(3, 1),
+    "nested": lambda k: jax.random.split(jax.random.fold_in(jax.random.split(k)[1], 3))[0],
+    "key_data": lambda k: jax.random.key_data(jax.random.split(k)[0]),
+    "legacy": lambda k: jax.random.split(jax.random.PRNGKey(3))[1],
+}
+
+
+@pytest.mark.parametrize("name", sorted(KEY_DERIVATIONS))
+@pytest.mark.parametrize("seed", [0, 1, 2**31 + 5])
+def test_keys_derived_on_the_host_equal_jax(name, seed):
+    # Key derivation runs in NumPy (lazymod/_host_keys.py), bit for bit as JAX does it,
+    # and so does what is drawn from the derived keys.
+    derive = KEY_DERIVATIONS[name]
+    key = jax.random.key(seed)
+    closed = jax.make_jaxpr(lambda: derive(key))()
+    (evaluated,) = evaluate(closed, closed.jaxpr.outvars)
+    assert tree_bit_equal(evaluated, derive(key))
+
+    def draw(k):
+        keys = derive(k)
+        if not jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+            keys = jax.random.wrap_key_data(keys)
+        return jax.random.uniform(keys.reshape(-1)[0], (3, 5))
+
+    closed = jax.make_jaxpr(lambda: draw(key))()
+    (evaluated,) = evaluate(closed, closed.jaxpr.outvars)
+    assert tree_bit_equal(evaluated, draw(key))

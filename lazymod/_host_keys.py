@@ -1,0 +1,106 @@
+"""Threefry keys computed in host memory with NumPy, for lazymod's evaluator.
+
+Deriving a key (`jax.random.split`, `jax.random.fold_in`, indexing a batch of keys) is a
+few integer operations on a pair of uint32 words. Run by JAX, each is a dispatch (and,
+the first time for each shape, a compilation); a model's init derives hundreds of keys,
+one or two per parameter. Threefry-2x32 is integer arithmetic, so NumPy computes the
+same bits in microseconds. Only the partitionable threefry implementation (JAX's
+default since 0.5) is handled here; anything else goes back to JAX.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from jax.extend.random import threefry_prng_impl
+
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Threefry-2x32 hash of the counters `(x1, x2)` under `key` (uint32[2]),
+    bit for bit as `jax.extend.random.threefry2x32_p` computes it."""
+    k1, k2 = np.uint32(key[0]), np.uint32(key[1])
+    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
+    x = [np.array(x1, np.uint32, ndmin=1) + ks[0], np.array(x2, np.uint32, ndmin=1) + ks[1]]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x[0] = x[0] + x[1]
+            x[1] = (x[1] << np.uint32(r)) | (x[1] >> np.uint32(32 - r))
+            x[1] = x[0] ^ x[1]
+        x[0] = x[0] + ks[(i + 1) % 3]
+        x[1] = x[1] + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x[0], x[1]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HostKeys:
+    """Concrete threefry keys as their raw data, uint32[*shape, 2], in NumPy."""
+
+    data: np.ndarray
+    dtype: Any  # the JAX key dtype, key<fry>
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape[:-1]
+
+    def to_jax(self) -> jax.Array:
+        return jax.random.wrap_key_data(self.data, impl="threefry2x32")
+
+
+def enabled() -> bool:
+    """Whether keys are derived on the host: only for partitionable threefry, whose
+    `split` is a pure function of the key and the index."""
+    return bool(jax.config.jax_threefry_partitionable)  # pyright: ignore[reportAttributeAccessIssue]
+
+
+def from_array(x: Any) -> HostKeys | None:
+    """`x` as `HostKeys` if it is a concrete array of threefry keys."""
+    if (
+        isinstance(x, jax.Array)
+        and not isinstance(x, jax.core.Tracer)
+        and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+        and getattr(x.dtype, "_impl", None) is threefry_prng_impl
+    ):
+        return HostKeys(np.asarray(jax.random.key_data(x)), x.dtype)
+    return None
+
+
+def apply(name: str, params: dict[str, Any], ins: list[Any], out_dtype: Any) -> Any:
+    """The output of the key primitive `name` on `ins` (one of which is `HostKeys`),
+    or `None` if it is not one computed here."""
+    keys = ins[0]
+    if not isinstance(keys, HostKeys):
+        return None
+    data = keys.data
+    if name == "random_split" and keys.shape == ():
+        shape = tuple(params["shape"])
+        index = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.uint64)
+        high = (index >> np.uint64(32)).astype(np.uint32)
+        bits1, bits2 = threefry2x32(data, high, index.astype(np.uint32))
+        return HostKeys(np.stack([bits1, bits2], axis=-1).reshape(*shape, 2), keys.dtype)
+    if name == "random_fold_in" and keys.shape == ():
+        message = ins[1]
+        if isinstance(message, jax.core.Tracer) or np.size(message) != 1:
+            return None
+        word = np.asarray(message).astype(np.uint32).reshape(1)
+        bits1, bits2 = threefry2x32(data, np.zeros(1, np.uint32), word)
+        return HostKeys(np.concatenate([bits1, bits2]), keys.dtype)
+    if name == "random_unwrap":
+        return data
+    if name == "slice":
+        strides = params["strides"] or (1,) * len(keys.shape)
+        index = tuple(
+            slice(start, stop, step)
+            for start, stop, step in zip(params["start_indices"], params["limit_indices"], strides)
+        )
+        return HostKeys(data[index], keys.dtype)
+    if name == "squeeze":
+        return HostKeys(np.squeeze(data, axis=tuple(params["dimensions"])), keys.dtype)
+    if name == "reshape" and params.get("dimensions") is None:
+        return HostKeys(data.reshape(*params["new_sizes"], 2), keys.dtype)
+    if name in ("copy", "copy_p"):
+        return keys
+    return None
