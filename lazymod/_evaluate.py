@@ -12,6 +12,7 @@ each chunk is bit for bit what the op-by-op (or jitted) computation gives for th
 elements. Everything else is evaluated as `jax.core.eval_jaxpr` would.
 """
 
+import collections
 import dataclasses
 import functools
 import math
@@ -40,6 +41,8 @@ _PACK_LIMIT = 2**16
 _PACK_CHUNK = 2**17
 _PACK_SEGMENTS = 256
 _ROW = 2**15
+# How far (in bytes of values) programs are dispatched ahead of the value awaited.
+_IN_FLIGHT_BYTES = 2**26
 
 _ELEMENTWISE = frozenset(
     """abs acos acosh add and asin asinh atan atan2 atanh bitcast_convert_type cbrt ceil clamp clz
@@ -71,13 +74,17 @@ class _Symbolic:
     value: Any = None  # set once computed
 
 
-def evaluate(closed: jex_core.ClosedJaxpr, outvars: Sequence[Any]) -> list[Any]:
+def evaluate(
+    closed: jex_core.ClosedJaxpr, outvars: Sequence[Any], *, on_device: bool = False
+) -> list[Any]:
     """The values of `outvars` (variables or literals of `closed.jaxpr`), which must
     not depend on the jaxpr's inputs. Values computed here in chunks are NumPy arrays
-    (in host memory: the caller places them on devices); others are JAX arrays."""
+    (in host memory: the caller places them on devices), or with `on_device` JAX
+    arrays on the default device, each moved there as soon as it is computed; other
+    values are JAX arrays."""
     jaxpr = closed.jaxpr.replace(outvars=list(outvars))
     outs = _eval(jaxpr, closed.consts, [None] * len(jaxpr.invars))
-    _compute_all([out for out in outs if isinstance(out, _Symbolic)])
+    _compute_all([out for out in outs if isinstance(out, _Symbolic)], on_device)
     return [_concrete(out) for out in outs]
 
 
@@ -312,29 +319,45 @@ def _compute(root: _Symbolic) -> Any:
     return _launch(_plan(root))()
 
 
-def _compute_all(roots: Sequence[_Symbolic]) -> None:
-    """Compute every value in `roots` (setting its `value`). Every program is
-    dispatched before any result is awaited, so they overlap; small values of the same
-    structure share program calls."""
+def _compute_all(roots: Sequence[_Symbolic], on_device: bool) -> None:
+    """Compute every value in `roots` (setting its `value`). Programs are dispatched
+    up to `_IN_FLIGHT_BYTES` ahead of the value being awaited, so they overlap while
+    memory stays bounded; small values of the same structure share program calls."""
     plans, seen = [], set()
     for root in roots:
         if root.value is None and id(root) not in seen:
             seen.add(id(root))
             plans.append(_plan(root))
-    finishers: list[tuple[list[_Symbolic], Callable[[], list[Any]]]] = []
+    launchers: list[tuple[list[_Symbolic], Callable[[], Any], int]] = []
     groups: dict[tuple[Any, ...], list[_Plan]] = {}
     for plan in plans:
         if plan.packable:
             groups.setdefault(plan.structure, []).append(plan)
         else:
-            finish = _launch(plan)
-            finishers.append(([plan.root], lambda finish=finish: [finish()]))
+            launch = functools.partial(_launch_one, plan)
+            launchers.append(([plan.root], launch, plan.size * plan.root.dtype.itemsize))
     for group in groups.values():
         for batch in _batches(group):
-            finishers.append(([plan.root for plan in batch], _launch_packed(batch)))
-    for done, finish in finishers:
+            launch = functools.partial(_launch_packed, batch)
+            launchers.append(([plan.root for plan in batch], launch, 0))
+    in_flight: collections.deque[tuple[list[_Symbolic], Callable[[], list[Any]], int]]
+    in_flight = collections.deque()
+    pending_bytes = 0
+
+    def finish_oldest() -> int:
+        done, finish, size = in_flight.popleft()
         for root, value in zip(done, finish()):
-            root.value = value
+            put = on_device and isinstance(value, np.ndarray)
+            root.value = jax.device_put(value) if put else value
+        return size
+
+    for done, launch, size in launchers:
+        in_flight.append((done, launch(), size))
+        pending_bytes += size
+        while pending_bytes > _IN_FLIGHT_BYTES:
+            pending_bytes -= finish_oldest()
+    while in_flight:
+        finish_oldest()
 
 
 def _batches(plans: list[_Plan]) -> list[list[_Plan]]:
@@ -383,6 +406,11 @@ def _launch_packed(batch: list[_Plan]) -> Any:
     return finish
 
 
+def _launch_one(plan: _Plan) -> Callable[[], list[Any]]:
+    finish = _launch(plan)
+    return lambda: [finish()]
+
+
 def _launch(plan: _Plan) -> Any:
     """Dispatch the calls computing one value chunk by chunk; return a function that
     awaits them and returns the value."""
@@ -407,6 +435,8 @@ def _launch(plan: _Plan) -> Any:
     def finish() -> Any:
         if any(isinstance(part, jax.core.Tracer) for part in parts):  # inside jit, vmap
             return jnp.concatenate(parts)[:size].reshape(root.shape)
+        if len(parts) == 1:
+            return np.asarray(parts[0])[:size].reshape(root.shape)
         out = np.empty(size, np.dtype(root.dtype))
         for number, part in enumerate(parts):
             start = number * chunk

@@ -156,7 +156,7 @@ def _init(
         # op by op, so concrete inputs give concrete values.
         context = InitContext(keys, capture=capture_intermediates)
         closed, out_shapes, rebuild = _trace(module, context, function, args, kwargs, False)
-    values = _materialize(module, closed, out_shapes, rebuild, abstract)
+    values = _materialize(module, closed, out_shapes, rebuild, abstract, sharding is None)
     if not abstract:
         values = _place(module, values, rebuild, sharding)
     result, intermediates = rebuild.unflatten(values)
@@ -615,6 +615,7 @@ def _materialize(
     out_shapes: list[Any],
     rebuild: _Rebuild,
     abstract: bool = False,
+    on_device: bool = False,
 ) -> list[Any]:
     """The value of every output of the trace: computed where it does not depend on a
     spec, a `ShapeDtypeStruct` (intermediates) or an error (fields) where it does; with
@@ -634,7 +635,7 @@ def _materialize(
             for var in jaxpr.outvars
         ]
     keep = [not d for d in depends]
-    computed = iter(_evaluate(closed, keep))
+    computed = iter(_evaluate(closed, keep, on_device))
     return [
         _as_array(next(computed), var.aval) if k else jax.ShapeDtypeStruct(shape.shape, shape.dtype)
         for k, shape, var in zip(keep, out_shapes, jaxpr.outvars)
@@ -662,8 +663,9 @@ def _depends_on_inputs(jaxpr: jex_core.Jaxpr) -> list[bool]:
     return [isinstance(v, jex_core.Var) and v in tainted for v in jaxpr.outvars]
 
 
-def _evaluate(closed: jex_core.ClosedJaxpr, keep: list[bool]) -> list[Any]:
-    """Evaluate the outputs marked in `keep`, running only the equations they need."""
+def _evaluate(closed: jex_core.ClosedJaxpr, keep: list[bool], on_device: bool) -> list[Any]:
+    """Evaluate the outputs marked in `keep`, running only the equations they need;
+    with `on_device`, computed arrays go to the default device as they are ready."""
     jaxpr = closed.jaxpr
     outvars = [v for v, k in zip(jaxpr.outvars, keep) if k]
     needed = {v for v in outvars if isinstance(v, jex_core.Var)}
@@ -678,7 +680,7 @@ def _evaluate(closed: jex_core.ClosedJaxpr, keep: list[bool]) -> list[Any]:
         return [v.val if isinstance(v, jex_core.Literal) else env[v] for v in outvars]
     pruned = jex_core.ClosedJaxpr(jaxpr.replace(eqns=eqns, outvars=outvars), closed.consts)
     if can_evaluate(pruned):
-        return evaluate(pruned, outvars)
+        return evaluate(pruned, outvars, on_device=on_device)
     return jax.core.eval_jaxpr(pruned.jaxpr, pruned.consts, *[None] * len(jaxpr.invars))
 
 

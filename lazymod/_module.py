@@ -76,6 +76,20 @@ class Module(eqx.Module):
         context = current_context()
         return context is not None and context.phase != "initializers" and context.owns(self)
 
+    def __str__(self) -> str:
+        # `jax.vmap(module)` and `jax.jit(module)` call `str()` on the module for their
+        # debug info, and keep it only if it names a built-in function. During init a
+        # module holds tracers, and pretty-printing them took a fifth of the trace of a
+        # Transformer; JAX gets the same "<unknown>" for a short string.
+        frame = sys._getframe(1)
+        for _ in range(3):  # past a decorator (jaxtyping's import hook adds one)
+            if frame is None:
+                break
+            if frame.f_code.co_name == "fun_sourceinfo":
+                return f"<lazymod module {type(self).__name__}>"
+            frame = frame.f_back
+        return repr(self)
+
     def rng_init(self) -> None:
         """Hook run by `lazymod.init` after every field `Initializer` and before the
         forward pass, for values that need keys but no input shapes. Override it and

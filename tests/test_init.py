@@ -636,3 +636,33 @@ def test_initializer_left_as_a_class_default_runs_like_one_set_in_init():
     assert isinstance(default.w, jax.Array) and lm.is_initialized(default)
     assert (default.w == assigned.w).all()
     assert isinstance(Default().w, lm.Initializer)  # the class is untouched
+
+
+def test_jax_does_not_pretty_print_modules_it_transforms():
+    # jax.vmap(module) asks for str(module) for its debug info and keeps only built-in
+    # function names; a module full of tracers costs milliseconds to pretty-print.
+    printed = []
+
+    class Loud:
+        def __repr__(self):
+            printed.append(True)
+            return "Loud()"
+
+    class Scale(lm.Module):
+        note: Any = eqx.field(static=True)
+        w: jax.Array = lm.lazy()
+
+        def __call__(self, x):
+            if self.initializing():
+                self.w = jnp.ones(x.shape)
+            return x * self.w
+
+    model = lm.init(
+        Scale(Loud()),
+        0,
+        jax.ShapeDtypeStruct((2, 3), jnp.float32),
+        method=lambda m, x: jax.vmap(m)(x),
+    )
+    jax.vmap(model)(jnp.ones((2, 3)))
+    assert not printed
+    assert str(model) == repr(model) and printed
