@@ -15,6 +15,7 @@ elements. Everything else is evaluated as `jax.core.eval_jaxpr` would.
 import collections
 import dataclasses
 import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,11 +36,10 @@ from ._host_keys import HostKeys
 _SMALL_CHUNK = 2**12
 _LARGE_CHUNK = 2**18
 # Values of at most `_PACK_LIMIT` elements with the same structure are computed side by
-# side, up to `_PACK_SEGMENTS` values and `_PACK_CHUNK` elements per program call: a
+# side, up to `_PACK_CHUNK` elements per program call: a
 # deep, narrow model's hundreds of small parameters take a few calls, not hundreds.
 _PACK_LIMIT = 2**16
 _PACK_CHUNK = 2**17
-_PACK_SEGMENTS = 256
 _ROW = 2**15
 # How far (in bytes of values) programs are dispatched ahead of the value awaited.
 _IN_FLIGHT_BYTES = 2**26
@@ -273,6 +273,15 @@ class _Plan:
         )
 
     @property
+    def is_constant(self) -> bool:
+        """Whether the value is one concrete scalar broadcast to its shape."""
+        return (
+            self.nodes == (("fill", ("scalar", 0)),)
+            and isinstance(self.scalars[0], np.ndarray)
+            and self.scalars[0].dtype == np.dtype(self.root.dtype)
+        )
+
+    @property
     def structure(self) -> tuple[Any, ...]:
         return (self.nodes, tuple(s.dtype for s in self.scalars), np.dtype(self.root.dtype))
 
@@ -331,7 +340,10 @@ def _compute_all(roots: Sequence[_Symbolic], on_device: bool) -> None:
     launchers: list[tuple[list[_Symbolic], Callable[[], Any], int]] = []
     groups: dict[tuple[Any, ...], list[_Plan]] = {}
     for plan in plans:
-        if plan.packable:
+        if plan.is_constant:
+            # `jnp.zeros(shape)`, `jnp.ones(shape)`: no program to compile for a copy.
+            plan.root.value = np.full(plan.root.shape, plan.scalars[0], plan.root.dtype)
+        elif plan.packable:
             groups.setdefault(plan.structure, []).append(plan)
         else:
             launch = functools.partial(_launch_one, plan)
@@ -365,7 +377,7 @@ def _batches(plans: list[_Plan]) -> list[list[_Plan]]:
     batches: list[list[_Plan]] = [[]]
     filled = 0
     for plan in plans:
-        if filled + plan.size > _PACK_CHUNK or len(batches[-1]) == _PACK_SEGMENTS:
+        if filled + plan.size > _PACK_CHUNK:
             batches.append([])
             filled = 0
         batches[-1].append(plan)
@@ -379,28 +391,38 @@ def _launch_packed(batch: list[_Plan]) -> Any:
     the values. Element `i` of each value is computed from that value's keys and
     scalars and its own flat index `i`, exactly as the value alone would be."""
     sizes = [plan.size for plan in batch]
-    starts = np.zeros(_PACK_SEGMENTS, np.uint32)
-    starts[1 : len(batch)] = np.cumsum(sizes)[:-1]
-    segment = np.zeros(_PACK_CHUNK, np.int32)
-    segment[: sum(sizes)] = np.repeat(np.arange(len(batch), dtype=np.int32), sizes)
+    starts = [0, *itertools.accumulate(sizes)][:-1]
+    filled = starts[-1] + sizes[-1]
+    # Per element: its index within its value, and its value's keys and scalars.
+    low = np.zeros(_PACK_CHUNK, np.uint32)
+    low[:filled] = np.arange(filled, dtype=np.uint32) - np.repeat(
+        np.asarray(starts, np.uint32), sizes
+    )
     first = batch[0]
+
+    def per_element(column: list[Any], dtype: Any) -> np.ndarray:
+        out = np.zeros(_PACK_CHUNK, dtype)
+        out[:filled] = np.repeat(np.asarray(column, dtype), sizes)
+        return out
+
     keys = [
-        np.zeros((_PACK_SEGMENTS, 2), np.uint32) for _ in first.keys
-    ]  # one table per key of the structure
-    scalars = [np.zeros(_PACK_SEGMENTS, s.dtype) for s in first.scalars]
-    for number, plan in enumerate(batch):
-        for table, key in zip(keys, plan.keys):
-            table[number] = key
-        for table, scalar in zip(scalars, plan.scalars):
-            table[number] = scalar
-    program = _packed_program(*first.structure)
-    out = program(segment, starts, keys, scalars)
+        (
+            per_element([plan.keys[k][0] for plan in batch], np.uint32),
+            per_element([plan.keys[k][1] for plan in batch], np.uint32),
+        )
+        for k in range(len(first.keys))
+    ]
+    scalars = [
+        per_element([plan.scalars[i] for plan in batch], scalar.dtype)
+        for i, scalar in enumerate(first.scalars)
+    ]
+    out = _packed_program(*first.structure)(low, keys, scalars)
 
     def finish() -> list[Any]:
         flat = _host(out)  # a tracer inside jit, vmap, ...
         return [
             flat[start : start + size].reshape(plan.root.shape)
-            for plan, start, size in zip(batch, starts.tolist(), sizes)
+            for plan, start, size in zip(batch, starts, sizes)
         ]
 
     return finish
@@ -492,26 +514,22 @@ def _program(nodes: tuple[tuple[Any, ...], ...], scalar_dtypes: tuple[Any, ...],
 
 @functools.cache
 def _packed_program(nodes: tuple[tuple[Any, ...], ...], scalar_dtypes: tuple[Any, ...], dtype: Any):
-    """One compiled program per structure computing up to `_PACK_SEGMENTS` small values
-    side by side in `_PACK_CHUNK` elements: element `i` belongs to value `segment[i]`,
-    which starts at `starts[segment[i]]`, and is computed with that value's keys and
-    scalars (one row of each table) at its own flat index."""
+    """One compiled program per structure computing small values side by side in
+    `_PACK_CHUNK` elements: every element comes with its flat index
+    `low` in its own value, and that value's keys and scalars."""
     del scalar_dtypes, dtype  # part of the cache key only
 
     def run(
-        segment: jax.Array,
-        starts: jax.Array,
-        keys: list[jax.Array],
+        low: jax.Array,
+        keys: list[tuple[jax.Array, jax.Array]],
         scalars: list[jax.Array],
     ) -> jax.Array:
-        scalars = lax.optimization_barrier(scalars)
+        low, keys, scalars = lax.optimization_barrier((low, keys, scalars))
         shape = _block_shape(_PACK_CHUNK)
-        segment = segment.reshape(shape)
-        low = _flat_iota(shape) - starts[segment]
-        high = jnp.zeros_like(low)
-        key_words = [(table[segment, 0], table[segment, 1]) for table in keys]
-        scalars = [table[segment] for table in scalars]
-        out = _run_nodes(nodes, shape, high, low, key_words, scalars, [])
+        low = low.reshape(shape)
+        keys = [(k1.reshape(shape), k2.reshape(shape)) for k1, k2 in keys]
+        scalars = [s.reshape(shape) for s in scalars]
+        out = _run_nodes(nodes, shape, jnp.zeros_like(low), low, keys, scalars, [])
         return lax.optimization_barrier(out.reshape(_PACK_CHUNK))
 
     return jax.jit(run)

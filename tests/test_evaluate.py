@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import lazymod as lm
-from lazymod._evaluate import _LARGE_CHUNK, _SMALL_CHUNK, evaluate
+from lazymod._evaluate import _LARGE_CHUNK, _PACK_CHUNK, _PACK_LIMIT, _SMALL_CHUNK, evaluate
 
 from .helpers import tree_bit_equal
 
@@ -136,3 +136,26 @@ def test_keys_derived_on_the_host_equal_jax(name, seed):
     closed = jax.make_jaxpr(lambda: draw(key))()
     (evaluated,) = evaluate(closed, closed.jaxpr.outvars)
     assert tree_bit_equal(evaluated, draw(key))
+
+
+def test_small_values_computed_side_by_side_equal_jax():
+    # Hundreds of small values of one structure share packed program calls (more
+    # elements than one call holds, so several calls); each must be what JAX computes
+    # for it alone, whatever its neighbours. (Few distinct shapes: JAX compiles a
+    # sampler per shape.)
+    shapes = [(1,), (7,), (3, 5), (33,), (2, 40), (1500,)] * 50
+    shapes.append((_PACK_LIMIT,))  # the largest packed value
+
+    def make():
+        key = jax.random.key(3)
+        return [
+            jax.random.uniform(jax.random.fold_in(key, i), shape, minval=-i, maxval=i + 1.5)
+            if i % 3
+            else jax.random.normal(jax.random.fold_in(key, i), shape, jnp.bfloat16)
+            for i, shape in enumerate(shapes)
+        ]
+
+    closed = jax.make_jaxpr(make)()
+    evaluated = evaluate(closed, closed.jaxpr.outvars)
+    assert sum(np.size(v) for v in evaluated) > _PACK_CHUNK
+    assert tree_bit_equal(evaluated, make())
