@@ -161,7 +161,12 @@ def write(results: dict, out: Path) -> str:
         f"| 6. train step 1.00x (±3%) of Equinox's; same filter_jit dispatch | step {step:.3f}x,"
         f" dispatch {dispatch:.2f}x | {verdict(abs(step - 1) <= 0.03)} |"
     )
-    lines.append("")
+    lines += [
+        "",
+        "What the time is spent on, and so what limits the targets not met, is on the page",
+        "[where init time goes](performance.md).",
+        "",
+    ]
 
     lines += _sweep_table(depth, "deep_mlp", "depth", "Depth sweep (MLP, 32 wide)")
     lines += ["![init time against depth](benchmarks/depth.png)", ""]

@@ -9,7 +9,10 @@ needed, and is then computed in fixed-size chunks of its flattened form by one
 compiled program per *structure* (say, "uniform in [a, b)"), whatever its shape and
 constants. Threefry's bits depend only on the key and the element's flat index, so
 each chunk is bit for bit what the op-by-op (or jitted) computation gives for those
-elements. Everything else is evaluated as `jax.core.eval_jaxpr` would.
+elements. Small values of one structure are computed side by side, many to a call
+(`_launch_packed`); a value that is one scalar broadcast (`jnp.zeros`) is filled in
+NumPy. Keys are derived in NumPy (`_host_keys.py`). Everything else is evaluated as
+`jax.core.eval_jaxpr` would.
 """
 
 import collections
