@@ -268,12 +268,7 @@ class _Plan:
     @property
     def packable(self) -> bool:
         """Whether the value can share a program call with other small values."""
-        return (
-            self.root.per_element
-            and not self.arrays
-            and self.size <= _PACK_LIMIT
-            and not any(isinstance(x, jax.core.Tracer) for x in (*self.keys, *self.scalars))
-        )
+        return self.root.per_element and not self.arrays and self.size <= _PACK_LIMIT
 
     @property
     def is_constant(self) -> bool:
@@ -403,7 +398,10 @@ def _launch_packed(batch: list[_Plan]) -> Any:
     )
     first = batch[0]
 
-    def per_element(column: list[Any], dtype: Any) -> np.ndarray:
+    def per_element(column: list[Any], dtype: Any) -> Any:
+        if any(isinstance(x, jax.core.Tracer) for x in column):  # inside jit, vmap, ...
+            parts = [jnp.broadcast_to(jnp.asarray(x, dtype), (n,)) for x, n in zip(column, sizes)]
+            return jnp.concatenate([*parts, jnp.zeros(_PACK_CHUNK - filled, dtype)])
         out = np.zeros(_PACK_CHUNK, dtype)
         out[:filled] = np.repeat(np.asarray(column, dtype), sizes)
         return out
