@@ -39,10 +39,11 @@ from ._host_keys import HostKeys
 _SMALL_CHUNK = 2**12
 _LARGE_CHUNK = 2**18
 # Values of at most `_PACK_LIMIT` elements with the same structure are computed side by
-# side, up to `_PACK_CHUNK` elements per program call: a
-# deep, narrow model's hundreds of small parameters take a few calls, not hundreds.
+# side, up to `_PACK_CHUNK` elements per program call: a deep, narrow model's hundreds
+# of small parameters take a few calls, not hundreds.
 _PACK_LIMIT = 2**16
 _PACK_CHUNK = 2**17
+# Programs compute their elements as rows of `_ROW`, which XLA spreads over the cores.
 _ROW = 2**15
 # How far (in bytes of values) programs are dispatched ahead of the value awaited.
 _IN_FLIGHT_BYTES = 2**26
@@ -349,7 +350,8 @@ def _compute_all(roots: Sequence[_Symbolic], on_device: bool) -> None:
     for group in groups.values():
         for batch in _batches(group):
             launch = functools.partial(_launch_packed, batch)
-            launchers.append(([plan.root for plan in batch], launch, 0))
+            size = sum(plan.size for plan in batch) * batch[0].root.dtype.itemsize
+            launchers.append(([plan.root for plan in batch], launch, size))
     in_flight: collections.deque[tuple[list[_Symbolic], Callable[[], list[Any]], int]]
     in_flight = collections.deque()
     pending_bytes = 0
