@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend import core as jex_core
-from jax.extend.random import threefry2x32_p, threefry_prng_impl
+from jax.extend.random import threefry2x32_p
 
 from . import _host_keys
 from ._host_keys import HostKeys
@@ -137,7 +137,7 @@ def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
             return [_Symbolic(shape, dtype, "bits", True, key=key, width=width)]
         return _bind(eqn, ins)
     if ins and isinstance(ins[0], HostKeys):
-        out = _host_keys.apply(name, eqn.params, ins, dtype)
+        out = _host_keys.apply(name, eqn.params, ins)
         if out is not None:
             return [out]
     if name == "broadcast_in_dim" and _is_scalar(ins[0]):
@@ -217,13 +217,7 @@ def _worth_inlining(eqn: Any, symbolic: bool) -> bool:
 def _is_threefry_key(x: Any) -> bool:
     if isinstance(x, HostKeys):
         return x.shape == ()
-    return (
-        isinstance(x, jax.Array)
-        and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
-        and x.shape == ()
-        and getattr(x.dtype, "_impl", None) is threefry_prng_impl
-        and bool(jax.config.jax_threefry_partitionable)  # pyright: ignore[reportAttributeAccessIssue]
-    )
+    return _host_keys.is_threefry_keys(x) and x.shape == () and _host_keys.enabled()
 
 
 def _elementwise_inputs(eqn: Any, ins: list[Any]) -> bool:

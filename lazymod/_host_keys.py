@@ -56,24 +56,26 @@ def enabled() -> bool:
     return bool(jax.config.jax_threefry_partitionable)  # pyright: ignore[reportAttributeAccessIssue]
 
 
-def from_array(x: Any) -> HostKeys | None:
-    """`x` as `HostKeys` if it is a concrete array of threefry keys."""
-    if (
+def is_threefry_keys(x: Any) -> bool:
+    """Whether `x` is an array (concrete, or a tracer) of typed threefry keys."""
+    return (
         isinstance(x, jax.Array)
-        and not isinstance(x, jax.core.Tracer)
         and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
         and getattr(x.dtype, "_impl", None) is threefry_prng_impl
-    ):
+    )
+
+
+def from_array(x: Any) -> HostKeys | None:
+    """`x` as `HostKeys` if it is a concrete array of threefry keys."""
+    if is_threefry_keys(x) and not isinstance(x, jax.core.Tracer):
         return HostKeys(np.asarray(jax.random.key_data(x)), x.dtype)
     return None
 
 
-def apply(name: str, params: dict[str, Any], ins: list[Any], out_dtype: Any) -> Any:
-    """The output of the key primitive `name` on `ins` (one of which is `HostKeys`),
-    or `None` if it is not one computed here."""
+def apply(name: str, params: dict[str, Any], ins: list[Any]) -> Any:
+    """The output of the key primitive `name` on `ins`, whose first is `HostKeys`, or
+    `None` if it is not one computed here."""
     keys = ins[0]
-    if not isinstance(keys, HostKeys):
-        return None
     data = keys.data
     if name == "random_split" and keys.shape == ():
         shape = tuple(params["shape"])
