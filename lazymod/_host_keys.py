@@ -17,14 +17,23 @@ from jax.extend.random import threefry_prng_impl
 
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_PARITY = 0x1BD11BDA
+_MASK = 0xFFFFFFFF
+_FEW = 8  # up to this many counters, hash them one by one in Python
 
 
 def threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The Threefry-2x32 hash of the counters `(x1, x2)` under `key` (uint32[2]),
     bit for bit as `jax.extend.random.threefry2x32_p` computes it."""
+    x1, x2 = np.array(x1, np.uint32, ndmin=1), np.array(x2, np.uint32, ndmin=1)
+    if 0 < x1.size <= _FEW:  # a split into 2 or a fold_in: Python ints beat NumPy here
+        k1, k2 = int(key[0]), int(key[1])
+        pairs = (_threefry_one(k1, k2, a, b) for a, b in zip(x1.tolist(), x2.tolist()))
+        first, second = zip(*pairs)
+        return np.array(first, np.uint32), np.array(second, np.uint32)
     k1, k2 = np.uint32(key[0]), np.uint32(key[1])
-    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
-    x = [np.array(x1, np.uint32, ndmin=1) + ks[0], np.array(x2, np.uint32, ndmin=1) + ks[1]]
+    ks = (k1, k2, k1 ^ k2 ^ np.uint32(_PARITY))
+    x = [x1 + ks[0], x2 + ks[1]]
     for i in range(5):
         for r in _ROTATIONS[i % 2]:
             x[0] = x[0] + x[1]
@@ -33,6 +42,19 @@ def threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> tuple[np.nd
         x[0] = x[0] + ks[(i + 1) % 3]
         x[1] = x[1] + ks[(i + 2) % 3] + np.uint32(i + 1)
     return x[0], x[1]
+
+
+def _threefry_one(k1: int, k2: int, x1: int, x2: int) -> tuple[int, int]:
+    """`threefry2x32` of one pair of counters, in Python ints (mod 2**32)."""
+    ks = (k1, k2, k1 ^ k2 ^ _PARITY)
+    a, b = (x1 + k1) & _MASK, (x2 + k2) & _MASK
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            a = (a + b) & _MASK
+            b = (((b << r) | (b >> (32 - r))) & _MASK) ^ a
+        a = (a + ks[(i + 1) % 3]) & _MASK
+        b = (b + ks[(i + 2) % 3] + i + 1) & _MASK
+    return a, b
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

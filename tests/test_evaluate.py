@@ -7,9 +7,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.extend.random import threefry2x32_p
 
 import lazymod as lm
-from lazymod._evaluate import _LARGE_CHUNK, _PACK_CHUNK, _PACK_LIMIT, _SMALL_CHUNK, evaluate
+from lazymod import _host_keys
+from lazymod._evaluate import (
+    _chunk_size,
+    _LARGE_CHUNK,
+    _MEDIUM_CHUNK,
+    _PACK_CHUNK,
+    _PACK_LIMIT,
+    _SMALL_CHUNK,
+    evaluate,
+)
 
 from .helpers import tree_bit_equal
 
@@ -32,8 +42,18 @@ SAMPLERS = {
 # evaluator has them) comes out bit for bit the same. Elsewhere XLA may fuse `x * a + b`
 # into one rounding (a fused multiply-add) where op-by-op JAX rounds twice: 1 ulp.
 EXACT = {"uniform", "normal", "truncated_normal", "bits", "bernoulli", "ones", "constant"}
-# Across the small/large chunk threshold and across a large chunk's end.
-SHAPES = [(), (7,), (3, 5), (4 * _SMALL_CHUNK + 1,), (2, _LARGE_CHUNK // 2 + 3)]
+# Across the small/medium chunk threshold and across a medium chunk's end.
+SHAPES = [(), (7,), (3, 5), (4 * _SMALL_CHUNK + 1,), (2, _MEDIUM_CHUNK + 3)]
+LARGE_SHAPE = (3, _LARGE_CHUNK // 2 + 5)  # across a large chunk's end
+
+
+def test_chunk_sizes():
+    assert _chunk_size(4 * _SMALL_CHUNK + 1) == _MEDIUM_CHUNK
+    # The shapes above use the medium and the large chunk, each across a chunk's end.
+    assert _chunk_size(2 * (_MEDIUM_CHUNK + 3)) == _MEDIUM_CHUNK
+    assert _chunk_size(LARGE_SHAPE[0] * LARGE_SHAPE[1]) == _LARGE_CHUNK
+    assert _chunk_size(1024 * 1024) == _LARGE_CHUNK
+    assert _chunk_size(3 * 3 * 256 * 256) == _MEDIUM_CHUNK  # 3 medium calls, not 2 large
 
 
 def direct_and_evaluated(sampler, shape, dtype):
@@ -51,6 +71,12 @@ def test_values_equal_jax_bit_for_bit(name, shape):
         shape = (*shape, 3, 4)[-2:] if shape else (3, 4)
     direct, evaluated = direct_and_evaluated(SAMPLERS[name], shape, jnp.float32)
     assert_same(direct, evaluated, exact=name in EXACT)
+
+
+@pytest.mark.parametrize("name", ["uniform", "normal", "bits"])
+def test_large_values_equal_jax_bit_for_bit(name):
+    direct, evaluated = direct_and_evaluated(SAMPLERS[name], LARGE_SHAPE, jnp.float32)
+    assert_same(direct, evaluated, exact=True)
 
 
 def assert_same(direct, evaluated, exact):
@@ -136,6 +162,15 @@ def test_keys_derived_on_the_host_equal_jax(name, seed):
     closed = jax.make_jaxpr(lambda: draw(key))()
     (evaluated,) = evaluate(closed, closed.jaxpr.outvars)
     assert tree_bit_equal(evaluated, draw(key))
+
+
+@pytest.mark.parametrize("count", [1, 2, _host_keys._FEW, _host_keys._FEW + 1, 300])
+def test_host_threefry_equals_jax(count):
+    # Few counters are hashed in Python ints, more in NumPy: both must be JAX's bits.
+    rng = np.random.default_rng(count)
+    key, x1, x2 = (rng.integers(0, 2**32, n, dtype=np.uint32) for n in (2, count, count))
+    expected = threefry2x32_p.bind(key[0], key[1], x1, x2)
+    assert tree_bit_equal(_host_keys.threefry2x32(key, x1, x2), tuple(expected))
 
 
 def test_small_values_computed_side_by_side_equal_jax():
