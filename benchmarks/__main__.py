@@ -118,9 +118,10 @@ def main() -> None:
         repeats,
         log,
     )
-    log("init_shapes of a 1 B parameter Transformer; train step parity:")
+    log("init_shapes of a 1 B parameter Transformer; train step parity; floors:")
     shapes = measure("lazymod", "shapes_1b", warm=4)
     train = measure("lazymod", "train_step", warm=20 if options.quick else 200)
+    floors = measure("lazymod", "floors", warm=3 if options.quick else 7)
 
     results = {
         "machine": {
@@ -134,6 +135,7 @@ def main() -> None:
         "batch": batch_table,
         "shapes_1b": shapes,
         "train_step": train,
+        "floors": floors,
         "seconds": time.perf_counter() - started,
     }
     text = report.write(results, Path(options.out))

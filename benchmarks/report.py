@@ -161,9 +161,11 @@ def write(results: dict, out: Path) -> str:
         f"| 6. train step 1.00x (±3%) of Equinox's; same filter_jit dispatch | step {step:.3f}x,"
         f" dispatch {dispatch:.2f}x | {verdict(abs(step - 1) <= 0.03)} |"
     )
+    lines += [""]
+    if "floors" in results:
+        lines += _floors_table(results["floors"])
     lines += [
-        "",
-        "What the time is spent on, and so what limits the targets not met, is on the page",
+        "What the time is spent on, and what to do when init is slow, is on the page",
         "[where init time goes](performance.md).",
         "",
     ]
@@ -177,6 +179,38 @@ def write(results: dict, out: Path) -> str:
     text = "\n".join(lines)
     out.write_text(text)
     return text
+
+
+def _floors_table(floors: dict) -> list[str]:
+    lines = [
+        "## What any init by tracing pays",
+        "",
+        "Inferring shapes by tracing the forward pass, and drawing the random numbers JAX",
+        "draws, costs at least the time JAX takes to trace the forward pass once plus the",
+        "time JAX takes to compute the values (one `jax.random.uniform` per array). Where",
+        "that floor is above Equinox's time, no init by tracing can match Equinox; the gap",
+        "between lazymod and the floor is lazymod's own cost. Warm medians, measured in one",
+        "process, interleaved (`python -m benchmarks.worker lazymod floors`):",
+        "",
+        "| model | lazymod | Equinox by hand | JAX computing the values | JAX tracing the forward"
+        " pass | floor (values + trace) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model in ("mlp", "deep_mlp"):
+        f = floors[model]
+        floor = f["values"] + f["trace"]
+        lines.append(
+            f"| {MODEL_NAMES[model]} | {seconds(f['lazymod'])} | {seconds(f['equinox'])} |"
+            f" {seconds(f['values'])} | {seconds(f['trace'])} | {seconds(floor)}"
+            f" ({floor / f['equinox']:.2f}x Equinox) |"
+        )
+    f = floors["shapes_1b"]
+    lines.append(
+        f"| `init_shapes`, 1 B parameter Transformer | {seconds(f['lazymod'])} | | |"
+        f" {seconds(f['trace'])} (`eqx.filter_eval_shape` of the forward pass) |"
+        f" {seconds(f['trace'])} |"
+    )
+    return lines + [""]
 
 
 def _options(table: dict) -> list[dict]:

@@ -7,7 +7,10 @@ Import time is not counted: every framework pays it once, whatever the model."""
 import argparse
 import json
 import resource
+import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 
@@ -86,6 +89,85 @@ def train_step_parity(steps: int) -> dict:
     return times
 
 
+def floors(repeats: int) -> dict:
+    """What any init that traces the forward pass pays, next to lazymod's and Equinox's
+    warm inits of the same models, all measured warm in this one process (medians, in
+    seconds, the four interleaved):
+
+    - `values`: JAX computing the model's parameters directly, one `jax.random.uniform`
+      per array, as `eqx.nn.Linear` draws them;
+    - `trace`: JAX tracing the Equinox-built model's forward pass on the spec once.
+
+    For `init_shapes` of the 1 B Transformer, `trace` is `eqx.filter_eval_shape` of
+    the forward pass of the Equinox-built (abstract) model."""
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    import lazymod as lm
+
+    key = jax.random.key(0)
+
+    def values_of(model: Any) -> Callable[[], Any]:
+        leaves = jax.tree.leaves(eqx.filter(model, eqx.is_array))
+
+        def compute() -> Any:
+            keys = jax.random.split(key, len(leaves))
+            return [
+                jax.random.uniform(k, leaf.shape, leaf.dtype, -0.1, 0.1)
+                for k, leaf in zip(keys, leaves)
+            ]
+
+        return compute
+
+    def trace_of(model: Any, spec: jax.ShapeDtypeStruct) -> Callable[[], Any]:
+        # A new function each time: jax.make_jaxpr would reuse the trace of the last.
+        return lambda: jax.make_jaxpr(lambda x: models.batched(model, x))(spec)
+
+    def timed(functions: dict[str, Callable[[], Any]]) -> dict[str, float]:
+        for function in functions.values():
+            models.block(function())
+        times: dict[str, list[float]] = {name: [] for name in functions}
+        for _ in range(repeats):
+            for name, function in functions.items():
+                start = time.perf_counter()
+                models.block(function())
+                times[name].append(time.perf_counter() - start)
+        return {name: statistics.median(ts) for name, ts in times.items()}
+
+    results = {}
+    for model, depth, size in (
+        ("mlp", None, models.MLP_IN),
+        ("deep_mlp", 1000, models.NARROW_WIDTH),
+    ):
+        build_lazymod, build_equinox = (
+            models.builder(framework, model, depth) for framework in ("lazymod", "equinox")
+        )
+        built = build_equinox(key, 1)
+        spec = jax.ShapeDtypeStruct((1, size), jnp.float32)
+        results[model] = timed(
+            {
+                "lazymod": lambda b=build_lazymod: b(key, 1),
+                "equinox": lambda b=build_equinox: b(key, 1),
+                "values": values_of(built),
+                "trace": trace_of(built, spec),
+            }
+        )
+    # Last: it changes the Transformer's sizes.
+    width, hidden, blocks = 2048, 8192, 20
+    models.TRANSFORMER.update(width=width, hidden=hidden, heads=16)
+    spec = jax.ShapeDtypeStruct((1, models.TRANSFORMER["seq_len"], width), jnp.float32)
+    abstract = eqx.filter_eval_shape(lambda: models.equinox_transformer(key, 1, blocks))
+    results["shapes_1b"] = timed(
+        {
+            "lazymod": lambda: lm.init_shapes(
+                [models.LazyBlock() for _ in range(blocks)], spec, method=models.transformer_forward
+            ),
+            "trace": lambda: eqx.filter_eval_shape(models.transformer_forward, abstract, spec),
+        }
+    )
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("framework")
@@ -96,6 +178,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.model == "shapes_1b":
         print(json.dumps(shapes_of_a_billion_parameter_transformer(args.warm + 1)))
+        return
+    if args.model == "floors":
+        print(json.dumps(floors(args.warm)))
         return
     if args.model == "train_step":
         print(json.dumps(train_step_parity(args.warm)))
