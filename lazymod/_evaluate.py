@@ -475,11 +475,11 @@ def _launch(plan: _Plan) -> Any:
 
 
 def _chunk_size(size: int) -> int:
+    """The chunk a value of `size` elements is computed in (see the constants above)."""
     if size <= 4 * _SMALL_CHUNK:
         return _SMALL_CHUNK
-    if -(-size // _LARGE_CHUNK) * _LARGE_CHUNK <= -(-size // _MEDIUM_CHUNK) * _MEDIUM_CHUNK:
-        return _LARGE_CHUNK
-    return _MEDIUM_CHUNK
+    computed = {chunk: math.ceil(size / chunk) * chunk for chunk in (_MEDIUM_CHUNK, _LARGE_CHUNK)}
+    return _LARGE_CHUNK if computed[_LARGE_CHUNK] <= computed[_MEDIUM_CHUNK] else _MEDIUM_CHUNK
 
 
 def _host(x: Any) -> Any:
