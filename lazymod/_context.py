@@ -1,51 +1,255 @@
-"""The state of one running `lazymod.init`: its keys, the paths of the modules it is
-initializing, and which of them is running. Kept in a `ContextVar`, so inits in
-different threads (or asyncio tasks) never see each other's state."""
+"""The state of one running `lazymod.init`, as data keyed by path.
+
+Init works on a copy of the user's tree (the working copy). Each `lazymod.Module` in it
+knows its own path: the working module carries a `Tag`, and its placeholders are
+`TaggedPlaceholder`s, whose static tag survives the copies a forward pass makes. What
+`rng_init` and `if self.initializing():` blocks assign is recorded by (path, field);
+the module at that path in the working copy, which parents read, holds the same value.
+The state lives in a `ContextVar`, so inits in different threads never meet.
+"""
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+import enum
+import functools
+import itertools
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
 import jax
+import jax.tree_util as jtu
 from jax.extend import core as jex_core
 from jaxtyping import PRNGKeyArray
 
-from ._errors import InitError
+from ._errors import InitError, UninitializedError
 from ._keys import DEFAULT_STREAM, derive_key
 from ._paths import KeyPath, path_str
-from ._sentinels import ClaimedPlaceholder, field_items, Placeholder
+from ._sentinels import field_items, Placeholder, Tag, TaggedPlaceholder
+
+
+# The instance attribute holding a working module's `Tag` (not a dataclass field, so
+# neither flattening nor the returned tree ever sees it).
+TAG_ATTRIBUTE = "__lazymod_tag__"
+
+_numbers = itertools.count()
+
+
+class Phase(enum.Enum):
+    """Where a running init is; the values are part of every `next_key` derivation."""
+
+    INITIALIZERS = "initializers"
+    RNG_INIT = "rng_init"
+    CALL = "call"
+    DONE = "done"
 
 
 class InitContext:
     """Everything one call of `lazymod.init` shares with the modules it runs."""
 
-    def __init__(self, keys: dict[str, PRNGKeyArray], capture: bool):
+    def __init__(self, keys: dict[str, PRNGKeyArray], capture: bool, root_name: str):
+        self.number = next(_numbers)  # tells this init's tags from another's
         self.keys = keys
-        self.phase = "initializers"  # then "rng_init", then "call"
-        self.paths: dict[int, KeyPath] = {}  # id(working module) -> its path
-        self.modules: list[Any] = []  # keeps the ids above alive and unique
-        self.owners: dict[int, Any] = {}  # id(placeholder token) -> the module it is in
-        self.originals: dict[int, Any] = {}  # id(copy of a working module) -> the module
-        self.stack: list[Any] = []  # the modules whose code is running, innermost last
-        self.counters: dict[tuple[int, str, str], int] = {}
+        self.root_name = root_name  # the type name of the tree being initialized
+        self.phase = Phase.INITIALIZERS
+        self.modules: dict[KeyPath, Any] = {}  # the working copy's lm.Modules
+        self.record: dict[KeyPath, dict[str, Any]] = {}  # what init assigned
+        self.assigned_in: dict[tuple[KeyPath, str], int] = {}  # by which call (0: rng_init)
+        self.unfilled: dict[KeyPath, set[str]] = {}  # fields still holding a placeholder
+        self.initializer_fields: set[tuple[KeyPath, str]] = set()  # filled by phase 1
+        self.calls: dict[KeyPath, int] = {}  # outermost calls started, by path
+        self.running_calls: dict[KeyPath, int] = {}  # calls running now, by path
+        self.first_inputs: dict[KeyPath, Any] = {}  # the inputs of the first call
+        self.stack: list[KeyPath] = []  # the modules whose code runs, innermost last
+        self.counters: dict[tuple[KeyPath, Phase, str], int] = {}
         self.intermediates: dict[str, Any] | None = {} if capture else None
         self.trace: Any = None  # the trace init runs in; set when it starts
         # Traces of transformations applied around init (eqx.filter_jit(lm.init),
         # jax.eval_shape, ...): their tracers may sit in the result.
         self.outer_traces: list[Any] = []
-        self.root_name = "module"  # the type name of the tree being initialized
 
-    def release(self) -> None:
-        """Forget the working copies and captured outputs, which may hold tracers."""
-        self.paths.clear()
-        self.modules.clear()
-        self.owners.clear()
-        self.originals.clear()
-        self.stack.clear()
-        self.intermediates = None
-        self.trace = None
-        self.outer_traces = []
+    # --- the working copy ------------------------------------------------------------
+
+    def register(self, module: Any, path: KeyPath) -> None:
+        """Tag a working module with its path, and its placeholders too."""
+        object.__setattr__(module, TAG_ATTRIBUTE, Tag(self.number, path))
+        self.modules[path] = module
+        unfilled = set()
+        tag = Tag(self.number, path)
+        for name, value in field_items(module):
+            if isinstance(value, Placeholder):
+                object.__setattr__(module, name, TaggedPlaceholder(tag))
+                unfilled.add(name)
+        self.unfilled[path] = unfilled
+
+    def path_of(self, module: Any) -> KeyPath | None:
+        """The path of `module` if it is a module of this init's working copy, or a
+        copy of one made while init runs; `None` for any other object."""
+        attributes = getattr(module, "__dict__", None)
+        if attributes is None:
+            return None
+        tag = attributes.get(TAG_ATTRIBUTE)
+        if tag is None:  # a copy: its placeholders carry the tag
+            for value in attributes.values():
+                if type(value) is TaggedPlaceholder:
+                    tag = value.tag
+                    break
+            else:
+                return None
+        return tag.path if tag.init == self.number else None
+
+    def initializing(self, path: KeyPath) -> bool:
+        """Whether the module at `path` may assign its fields now: during `rng_init`,
+        during its first call, and during later calls while a field still holds a
+        placeholder. Later calls use what the first one built."""
+        if self.phase is Phase.RNG_INIT:
+            return True
+        if self.phase is not Phase.CALL:
+            return False
+        calls = self.calls.get(path, 0)
+        if calls == 0 or self.unfilled[path]:
+            return True
+        return calls == 1 and self.running_calls.get(path, 0) > 0
+
+    def assign(self, module: Any, path: KeyPath, name: str, value: Any) -> None:
+        """Record `module.name = value`. Two assignments are dropped: to a field that
+        held an array when init started (init never replaces an array, so a trained
+        model stays trained), and to a field that an earlier call of the module set
+        (a module is built once, by its first call)."""
+        if name not in _field_names(type(module)):
+            raise AttributeError(
+                f"{type(module).__name__} has no field {name!r}. Declare it in the "
+                f"class body (for example `{name}: jax.Array = lazymod.lazy()`) "
+                "before assigning it during init."
+            )
+        call = self.calls.get(path, 0) if self.phase is Phase.CALL else 0
+        earlier = self.assigned_in.get((path, name))
+        if earlier is None:
+            if self._held_an_array(path, name):
+                return
+        elif 0 < earlier < call:
+            return
+        self.assigned_in[(path, name)] = call
+        self.record.setdefault(path, {})[name] = value
+        self.unfilled[path].discard(name)
+        object.__setattr__(module, name, value)
+        working = self.modules[path]
+        if working is not module:  # a copy the forward pass made: parents read `working`
+            object.__setattr__(working, name, value)
+
+    def _held_an_array(self, path: KeyPath, name: str) -> bool:
+        if (path, name) in self.initializer_fields:
+            return False
+        value = getattr(self.modules[path], name, None)
+        return any(isinstance(leaf, jax.Array) for leaf in jtu.tree_leaves(value))
+
+    def sync(self, module: Any, path: KeyPath) -> None:
+        """Give a copy made during the forward pass what init assigned at its path."""
+        if module is self.modules[path]:
+            return
+        for name, value in self.record.get(path, {}).items():
+            if module.__dict__.get(name) is not value:
+                object.__setattr__(module, name, value)
+
+    # --- running modules -------------------------------------------------------------
+
+    def call(
+        self, module: Any, path: KeyPath, method: Callable[..., Any], args: Any, kwargs: Any
+    ) -> Any:
+        """Run `method(module, *args, **kwargs)` as init runs a module's method: the
+        first call may build, later ones reuse; `__call__` outputs may be captured."""
+        self.sync(module, path)
+        outermost = self.running_calls.get(path, 0) == 0
+        number = self.calls.get(path, 0)
+        if outermost:
+            self.calls[path] = number + 1
+            if number == 0:
+                self.first_inputs[path] = (args, kwargs)
+        self.running_calls[path] = self.running_calls.get(path, 0) + 1
+        self.stack.append(path)
+        try:
+            out = method(module, *args, **kwargs)
+        except (InitError, UninitializedError):
+            raise
+        except Exception as error:
+            if outermost and number > 0:
+                self._raise_called_again(module, path, args, kwargs, error)
+            raise
+        finally:
+            self.stack.pop()
+            self.running_calls[path] -= 1
+        if outermost and self.intermediates is not None and method.__name__ == "__call__":
+            self.capture(path, number, out)
+        return out
+
+    def _raise_called_again(
+        self, module: Any, path: KeyPath, args: Any, kwargs: Any, error: Exception
+    ) -> None:
+        first, now = describe_inputs(*self.first_inputs[path]), describe_inputs(args, kwargs)
+        if first == now:
+            return
+        raise InitError(
+            f"{self.where(path)} ({type(module).__name__}): called again during init "
+            f"with inputs {now}, but it was built on its first call, for inputs {first}; "
+            f"the second call raised {type(error).__name__}: {error}\nA layer is built "
+            "once, from its first call, and every later call uses it. To apply layers "
+            "to inputs of two shapes, use two layers."
+        ) from error
+
+    @contextlib.contextmanager
+    def running(self, path: KeyPath) -> Iterator[None]:
+        """Mark the module at `path` as the one whose code runs (for `next_key`)."""
+        self.stack.append(path)
+        try:
+            yield
+        finally:
+            self.stack.pop()
+
+    def capture(self, path: KeyPath, number: int, output: Any) -> None:
+        """Record the output of a submodule's `__call__` (the root is not recorded);
+        later calls of a module are `path#1`, `path#2`, ..."""
+        assert self.intermediates is not None
+        if not path:
+            return
+        name = path_str(path) + (f"#{number}" if number else "")
+        if self.trace is not current_trace():
+            output = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if isinstance(x, jax.Array) else x,
+                output,
+            )
+        self.intermediates[name] = output
+
+    # --- keys ----------------------------------------------------------------------
+
+    def root_key(self, stream: str) -> PRNGKeyArray:
+        """The key given for `stream`, or for `"params"` when there is none."""
+        try:
+            return self.keys[stream]
+        except KeyError:
+            pass
+        try:
+            return self.keys[DEFAULT_STREAM]
+        except KeyError:
+            raise InitError(
+                f"lazymod.init was given keys for the streams {sorted(self.keys)}, but a "
+                f"key was drawn from the stream {stream!r} and there is no "
+                f"{DEFAULT_STREAM!r} key to fall back to. Add {stream!r} or "
+                f"{DEFAULT_STREAM!r} to the dict of keys."
+            ) from None
+
+    def next_key(self, stream: str) -> PRNGKeyArray:
+        """The next key of the running module: its path, phase, stream and count."""
+        path = self.stack[-1]
+        counter = (path, self.phase, stream)
+        count = self.counters.get(counter, 0)
+        self.counters[counter] = count + 1
+        return derive_key(self.root_key(stream), stream, "next_key", path, self.phase.value, count)
+
+    # --- the trace -----------------------------------------------------------------
+
+    def where(self, path: KeyPath) -> str:
+        """The path as an error message names it: `Model.layers[0]`."""
+        return self.root_name + path_str(path, leading_dot=True)
 
     def is_foreign_tracer(self, value: Any) -> bool:
         """True for a tracer of a transformation that the model itself applied during
@@ -67,91 +271,32 @@ class InitContext:
             if isinstance(leaf, jax.core.Tracer) and all(trace is not t for t in self.outer_traces):
                 self.outer_traces.append(trace)
 
-    def add_module(self, module: Any, path: KeyPath) -> None:
-        if id(module) not in self.paths:
-            self.paths[id(module)] = path
-            self.modules.append(module)
+    def release(self) -> None:
+        """Forget the working copy, the record and the captured outputs, which hold
+        tracers of the trace that has ended."""
+        self.modules.clear()
+        self.record.clear()
+        self.assigned_in.clear()
+        self.first_inputs.clear()
+        self.stack.clear()
+        self.intermediates = None
+        self.trace = None
+        self.outer_traces = []
 
-    def claim_placeholders(self, module: Any) -> None:
-        """Mark the placeholders in `module`'s fields as this init's, so that a copy of
-        `module` made during the forward pass is recognised (see `owns`)."""
-        for name, value in field_items(module):
-            if type(value) is Placeholder:
-                token = object()
-                self.owners[id(token)] = module
-                self.modules.append(token)
-                object.__setattr__(module, name, ClaimedPlaceholder(token))
 
-    def owns(self, module: Any) -> bool:
-        """True for a working module, and for a copy of one made while the forward pass
-        runs (it is then an alias: what it is assigned is written to the original)."""
-        if id(module) in self.paths:
-            return True
-        if self.phase != "call":
-            return False
-        for _, value in field_items(module):
-            if isinstance(value, ClaimedPlaceholder) and id(value.token) in self.owners:
-                original = self.owners[id(value.token)]
-                if type(original) is type(module):
-                    self.paths[id(module)] = self.paths[id(original)]
-                    self.originals[id(module)] = original
-                    self.modules.append(module)
-                    return True
-        return False
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in dataclasses.fields(cls))
 
-    def original(self, module: Any) -> Any:
-        """The working module that `module` is (or is a copy of)."""
-        return self.originals.get(id(module), module)
 
-    def root_key(self, stream: str) -> PRNGKeyArray:
-        try:
-            return self.keys[stream]
-        except KeyError:
-            pass
-        try:
-            return self.keys[DEFAULT_STREAM]
-        except KeyError:
-            raise InitError(
-                f"lazymod.init was given keys for the streams {sorted(self.keys)}, but a "
-                f"key was drawn from the stream {stream!r} and there is no "
-                f"{DEFAULT_STREAM!r} key to fall back to. Add {stream!r} or "
-                f"{DEFAULT_STREAM!r} to the dict of keys."
-            ) from None
-
-    def next_key(self, stream: str) -> PRNGKeyArray:
-        module = self.original(self.stack[-1])
-        counter = (id(module), self.phase, stream)
-        count = self.counters.get(counter, 0)
-        self.counters[counter] = count + 1
-        path = self.paths[id(module)]
-        return derive_key(self.root_key(stream), stream, "next_key", path, self.phase, count)
-
-    def capture(self, module: Any, output: Any) -> None:
-        """Record the output of a submodule's `__call__` (the root is not recorded); a
-        module called more than once gets `path#1`, `path#2`, ... for later calls."""
-        assert self.intermediates is not None
-        path = self.paths[id(module)]
-        if not path:
-            return
-        name = base = path_str(path)
-        count = 0
-        while name in self.intermediates:
-            count += 1
-            name = f"{base}#{count}"
-        if self.trace is not current_trace():
-            output = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if isinstance(x, jax.Array) else x,
-                output,
-            )
-        self.intermediates[name] = output
-
-    @contextlib.contextmanager
-    def running(self, module: Any) -> Iterator[None]:
-        self.stack.append(module)
-        try:
-            yield
-        finally:
-            self.stack.pop()
+def describe_inputs(args: Any, kwargs: Any) -> str:
+    """The shapes and dtypes of the arrays among a call's inputs: `(float32[5])`."""
+    shapes = [
+        f"{leaf.dtype}[{','.join(str(d) for d in leaf.shape)}]"
+        for leaf in jtu.tree_leaves((args, kwargs))
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+    ]
+    return "(" + ", ".join(shapes) + ")"
 
 
 def current_trace() -> Any:
@@ -164,6 +309,7 @@ _current: ContextVar[InitContext | None] = ContextVar("lazymod_init", default=No
 
 
 def current_context() -> InitContext | None:
+    """The init running in this thread (or task), if any."""
     return _current.get()
 
 
@@ -194,9 +340,11 @@ def describe(module: Any) -> str:
     """Where `module` sits in the tree being initialized, as an error message names it
     (`Model.layers[0]`); its type name outside init."""
     context = _current.get()
-    if context is None or not context.owns(module):
+    path = None if context is None else context.path_of(module)
+    if path is None:
         return type(module).__name__
-    return context.root_name + path_str(context.paths[id(module)], leading_dot=True)
+    assert context is not None
+    return context.where(path)
 
 
 def next_key(stream: str = DEFAULT_STREAM) -> PRNGKeyArray:

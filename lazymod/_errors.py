@@ -1,3 +1,6 @@
+from typing import Any
+
+
 class InitError(RuntimeError):
     """Raised when `lazymod.init` cannot materialize a module.
 
@@ -13,3 +16,7 @@ class UninitializedError(RuntimeError):
     called. Call `lazymod.init(model, key, *inputs)` first and use the module it
     returns.
     """
+
+    def __init__(self, message: str, module: Any = None):
+        super().__init__(message)
+        self.module = module  # the module that was called, to name its path

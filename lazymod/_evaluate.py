@@ -1,56 +1,31 @@
 """Evaluate the jaxpr traced by `lazymod.init` without compiling one program per
-parameter shape.
+parameter shape: the fast evaluator behind `lazymod._values.evaluate`.
 
-Run op by op, JAX compiles every random sampler and every elementwise op once for
-each new shape (about half a second per parameter shape on a CPU); jit-compiling
-the whole construction instead costs minutes for deep models. Here, a value built
-only from `random_bits` (threefry), scalars and elementwise ops stays symbolic until
-needed, and is then computed in fixed-size chunks of its flattened form by one
-compiled program per *structure* (say, "uniform in [a, b)"), whatever its shape and
-constants. Threefry's bits depend only on the key and the element's flat index, so
-each chunk is bit for bit what the op-by-op (or jitted) computation gives for those
-elements. Small values of one structure are computed side by side, many to a call
-(`_launch_packed`); a value that is one scalar broadcast (`jnp.zeros`) is filled in
-NumPy. Keys are derived in NumPy (`_host_keys.py`). Everything else is evaluated as
-`jax.core.eval_jaxpr` would.
+A value built only from `random_bits` (threefry), scalars and elementwise ops stays
+`Symbolic` until needed, and is then computed in chunks (`_chunks.py`). Keys are derived
+in NumPy (`_host_keys.py`). Everything else is evaluated as `jax.core.eval_jaxpr` would.
+The code relies on JAX internals (primitive names and parameters, equation contexts,
+key implementations): anything in `UNSUPPORTED` that it raises means "this JAX is not
+the one it knows", and the caller falls back to JAX's own evaluator.
 """
 
-import collections
 import dataclasses
 import functools
-import itertools
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.extend import core as jex_core
-from jax.extend.random import threefry2x32_p
 
 from . import _host_keys
+from ._chunks import compute, compute_all, size_of, Symbolic, to_host
 from ._host_keys import HostKeys
 
 
-# Chunk sizes (elements): small values use the small one, so a 32-wide layer does not
-# pay for 2**18 random numbers. On a CPU, XLA computes threefry bits about 25% faster
-# per element in calls of 2**19 than of 2**18, so larger values use the large chunk
-# unless it would compute more elements than the medium one: a 3x3x256x256 kernel
-# (1.125 * 2**19 elements) takes three medium calls, not two large ones.
-_SMALL_CHUNK = 2**12
-_MEDIUM_CHUNK = 2**18
-_LARGE_CHUNK = 2**19
-# Values of at most `_PACK_LIMIT` elements with the same structure are computed side by
-# side, up to `_PACK_CHUNK` elements per program call: a deep, narrow model's hundreds
-# of small parameters take a few calls, not hundreds.
-_PACK_LIMIT = 2**16
-_PACK_CHUNK = 2**17
-# Programs compute their elements as rows of `_ROW`, which XLA spreads over the cores.
-_ROW = 2**15
-# How far (in bytes of values) programs are dispatched ahead of the value awaited.
-_IN_FLIGHT_BYTES = 2**26
+# What the evaluator raises when JAX's internals are not what it expects.
+UNSUPPORTED = (AttributeError, ImportError, NotImplementedError)
 
 _ELEMENTWISE = frozenset(
     """abs acos acosh add and asin asinh atan atan2 atanh bitcast_convert_type cbrt ceil clamp clz
@@ -64,24 +39,6 @@ _CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "custom_jvp_call"
 _RESHAPES = frozenset({"reshape", "squeeze"})
 
 
-@dataclasses.dataclass(eq=False)
-class _Symbolic:
-    """A value not computed yet: `kind` is "bits" (threefry bits of `key`), "fill" (a
-    size-1 value broadcast to `shape`) or "op" (an elementwise primitive). A value is
-    `per_element` if it varies along its flattened index; otherwise it has size 1."""
-
-    shape: tuple[int, ...]
-    dtype: Any
-    kind: str
-    per_element: bool
-    key: Any = None  # "bits": the raw key data, uint32[2]
-    width: int = 32  # "bits": the bit width
-    primitive: Any = None  # "op"
-    params: tuple[tuple[str, Any], ...] = ()  # "op"
-    inputs: tuple[Any, ...] = ()  # "op", "fill": _Symbolic or concrete size-1 values
-    value: Any = None  # set once computed
-
-
 def evaluate(
     closed: jex_core.ClosedJaxpr, outvars: Sequence[Any], *, on_device: bool = False
 ) -> list[Any]:
@@ -92,15 +49,8 @@ def evaluate(
     values are JAX arrays."""
     jaxpr = closed.jaxpr.replace(outvars=list(outvars))
     outs = _eval(jaxpr, closed.consts, [None] * len(jaxpr.invars))
-    _compute_all([out for out in outs if isinstance(out, _Symbolic)], on_device)
+    compute_all([out for out in outs if isinstance(out, Symbolic)], on_device)
     return [_concrete(out) for out in outs]
-
-
-def can_evaluate(closed: jex_core.ClosedJaxpr) -> bool:
-    """Whether `evaluate` applies: nothing in the jaxpr has side effects. Constants
-    may be tracers of an enclosing transformation (`eqx.filter_jit(lazymod.init)`):
-    the same chunk programs then run inside it, so values are the same."""
-    return not closed.jaxpr.effects
 
 
 def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
@@ -125,7 +75,7 @@ def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> 
 
 def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
     name = eqn.primitive.name
-    symbolic = any(isinstance(x, _Symbolic | HostKeys) for x in ins)
+    symbolic = any(isinstance(x, Symbolic | HostKeys) for x in ins)
     if name in _CALLS and _worth_inlining(eqn, symbolic):
         closed = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
         return _eval(closed.jaxpr, closed.consts, ins)
@@ -136,19 +86,19 @@ def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
     if name == "random_bits":
         if eqn.params["bit_width"] <= 32 and _is_threefry_key(ins[0]):
             key = ins[0]
-            key = key.data if isinstance(key, HostKeys) else _host(jax.random.key_data(key))
+            key = key.data if isinstance(key, HostKeys) else to_host(jax.random.key_data(key))
             width = eqn.params["bit_width"]
-            return [_Symbolic(shape, dtype, "bits", True, key=key, width=width)]
+            return [Symbolic(shape, dtype, "bits", True, key=key, width=width)]
         return _bind(eqn, ins)
     if ins and isinstance(ins[0], HostKeys):
         out = _host_keys.apply(name, eqn.params, ins)
         if out is not None:
             return [out]
     if name == "broadcast_in_dim" and _is_scalar(ins[0]):
-        if _size(shape) == 1:
+        if size_of(shape) == 1:
             return [_reshaped(ins[0], shape)]
-        return [_Symbolic(shape, dtype, "fill", True, inputs=(ins[0],))]
-    if name in _RESHAPES and isinstance(ins[0], _Symbolic):
+        return [Symbolic(shape, dtype, "fill", True, inputs=(ins[0],))]
+    if name in _RESHAPES and isinstance(ins[0], Symbolic):
         return [_reshaped(ins[0], shape)]
     if name in _ELEMENTWISE and _elementwise_inputs(eqn, ins):
         params = tuple(sorted(eqn.params.items()))
@@ -156,8 +106,8 @@ def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
             hash(params)
         except TypeError:
             return _bind(eqn, ins)
-        per_element = any(isinstance(x, _Symbolic) and x.per_element for x in ins)
-        node = _Symbolic(
+        per_element = any(isinstance(x, Symbolic) and x.per_element for x in ins)
+        node = Symbolic(
             shape,
             dtype,
             "op",
@@ -170,14 +120,10 @@ def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
     return _bind(eqn, ins)
 
 
-def _size(shape: Sequence[int]) -> int:
-    return math.prod(shape)
-
-
 def _is_scalar(x: Any) -> bool:
     """A size-1 value that a chunk program can take: symbolic and not per element, or
     an array (concrete, or a tracer of an enclosing transformation)."""
-    if isinstance(x, _Symbolic):
+    if isinstance(x, Symbolic):
         return not x.per_element
     return np.size(x) == 1 and _plain_dtype(x)
 
@@ -192,7 +138,7 @@ def _is_extended(dtype: Any) -> bool:
 
 
 def _reshaped(x: Any, shape: tuple[int, ...]) -> Any:
-    if isinstance(x, _Symbolic):
+    if isinstance(x, Symbolic):
         return (
             dataclasses.replace(x, shape=shape, value=None)
             if x.value is None
@@ -228,7 +174,7 @@ def _elementwise_inputs(eqn: Any, ins: list[Any]) -> bool:
     """Every input is a scalar, or per element with the output's shape."""
     shape = tuple(eqn.outvars[0].aval.shape)
     for x in ins:
-        if isinstance(x, _Symbolic) and x.per_element:
+        if isinstance(x, Symbolic) and x.per_element:
             if x.shape != shape:
                 return False
         elif not _is_scalar(x):
@@ -242,360 +188,8 @@ def _elementwise_inputs(eqn: Any, ins: list[Any]) -> bool:
 def _concrete(x: Any) -> Any:
     if isinstance(x, HostKeys):
         return x.to_jax()
-    if not isinstance(x, _Symbolic):
+    if not isinstance(x, Symbolic):
         return x
     if x.value is None:
-        x.value = _compute(x)
+        x.value = compute(x)
     return x.value
-
-
-@dataclasses.dataclass
-class _Plan:
-    """How to compute one symbolic value: its structure (`nodes`, the cache key of its
-    program) and the inputs of that structure."""
-
-    root: _Symbolic
-    nodes: tuple[tuple[Any, ...], ...]
-    keys: list[Any]  # uint32[2] each
-    scalars: list[Any]  # 0-d each
-    arrays: list[Any]  # computed per-element values, flattened
-
-    @property
-    def size(self) -> int:
-        return _size(self.root.shape)
-
-    @property
-    def packable(self) -> bool:
-        """Whether the value can share a program call with other small values."""
-        return self.root.per_element and not self.arrays and self.size <= _PACK_LIMIT
-
-    @property
-    def is_constant(self) -> bool:
-        """Whether the value is one concrete scalar broadcast to its shape."""
-        return (
-            self.nodes == (("fill", ("scalar", 0)),)
-            and isinstance(self.scalars[0], np.ndarray)
-            and self.scalars[0].dtype == np.dtype(self.root.dtype)
-        )
-
-    @property
-    def structure(self) -> tuple[Any, ...]:
-        return (self.nodes, tuple(s.dtype for s in self.scalars), np.dtype(self.root.dtype))
-
-
-def _plan(root: _Symbolic) -> _Plan:
-    nodes: list[tuple[Any, ...]] = []
-    keys: list[np.ndarray] = []
-    scalars: list[np.ndarray] = []
-    arrays: list[np.ndarray] = []
-    index: dict[int, int] = {}
-
-    def ref(x: Any) -> tuple[str, int]:
-        if isinstance(x, _Symbolic):
-            return ("node", visit(x))
-        scalars.append(_host(x).reshape(()))
-        return ("scalar", len(scalars) - 1)
-
-    def visit(node: _Symbolic) -> int:
-        if id(node) in index:
-            return index[id(node)]
-        if node.value is not None and node.per_element:  # computed already
-            arrays.append(_host(node.value).reshape(-1))
-            spec: tuple[Any, ...] = ("array", len(arrays) - 1)
-        elif node.value is not None:
-            spec = ("value", ref(node.value))
-        elif node.kind == "bits":
-            keys.append(node.key)
-            spec = ("bits", len(keys) - 1, node.width)
-        elif node.kind == "fill":
-            spec = ("fill", ref(node.inputs[0]))
-        else:
-            refs = tuple(ref(x) for x in node.inputs)
-            spec = ("op", node.primitive, node.params, refs, node.per_element)
-        nodes.append(spec)
-        index[id(node)] = len(nodes) - 1
-        return len(nodes) - 1
-
-    visit(root)
-    return _Plan(root, tuple(nodes), keys, scalars, arrays)
-
-
-def _compute(root: _Symbolic) -> Any:
-    """Compute a symbolic value with the compiled program for its structure."""
-    return _launch(_plan(root))()
-
-
-def _compute_all(roots: Sequence[_Symbolic], on_device: bool) -> None:
-    """Compute every value in `roots` (setting its `value`). Programs are dispatched
-    up to `_IN_FLIGHT_BYTES` ahead of the value being awaited, so they overlap while
-    memory stays bounded; small values of the same structure share program calls."""
-    plans, seen = [], set()
-    for root in roots:
-        if root.value is None and id(root) not in seen:
-            seen.add(id(root))
-            plans.append(_plan(root))
-    launchers: list[tuple[list[_Symbolic], Callable[[], Any], int]] = []
-    groups: dict[tuple[Any, ...], list[_Plan]] = {}
-    for plan in plans:
-        if plan.is_constant:
-            # `jnp.zeros(shape)`, `jnp.ones(shape)`: no program to compile for a copy.
-            plan.root.value = np.full(plan.root.shape, plan.scalars[0], plan.root.dtype)
-        elif plan.packable:
-            groups.setdefault(plan.structure, []).append(plan)
-        else:
-            launch = functools.partial(_launch_one, plan)
-            launchers.append(([plan.root], launch, plan.size * plan.root.dtype.itemsize))
-    for group in groups.values():
-        for batch in _batches(group):
-            launch = functools.partial(_launch_packed, batch)
-            size = sum(plan.size for plan in batch) * batch[0].root.dtype.itemsize
-            launchers.append(([plan.root for plan in batch], launch, size))
-    in_flight: collections.deque[tuple[list[_Symbolic], Callable[[], list[Any]], int]]
-    in_flight = collections.deque()
-    pending_bytes = 0
-
-    def finish_oldest() -> int:
-        done, finish, size = in_flight.popleft()
-        values = finish()
-        if on_device:  # one transfer for a packed call's values
-            host = [i for i, value in enumerate(values) if isinstance(value, np.ndarray)]
-            for i, value in zip(host, jax.device_put([values[i] for i in host])):
-                values[i] = value
-        for root, value in zip(done, values):
-            root.value = value
-        return size
-
-    for done, launch, size in launchers:
-        in_flight.append((done, launch(), size))
-        pending_bytes += size
-        while pending_bytes > _IN_FLIGHT_BYTES:
-            pending_bytes -= finish_oldest()
-    while in_flight:
-        finish_oldest()
-
-
-def _batches(plans: list[_Plan]) -> list[list[_Plan]]:
-    """Consecutive runs of `plans` that fit one packed call."""
-    batches: list[list[_Plan]] = [[]]
-    filled = 0
-    for plan in plans:
-        if filled + plan.size > _PACK_CHUNK:
-            batches.append([])
-            filled = 0
-        batches[-1].append(plan)
-        filled += plan.size
-    return [batch for batch in batches if batch]
-
-
-def _launch_packed(batch: list[_Plan]) -> Any:
-    """Dispatch one call computing every value of `batch` (same structure, each at most
-    `_PACK_LIMIT` elements) side by side; return a function that awaits it and returns
-    the values. Element `i` of each value is computed from that value's keys and
-    scalars and its own flat index `i`, exactly as the value alone would be."""
-    sizes = [plan.size for plan in batch]
-    starts = [0, *itertools.accumulate(sizes)][:-1]
-    filled = starts[-1] + sizes[-1]
-    # Per element: its index within its value, and its value's keys and scalars.
-    low = np.zeros(_PACK_CHUNK, np.uint32)
-    low[:filled] = np.arange(filled, dtype=np.uint32) - np.repeat(
-        np.asarray(starts, np.uint32), sizes
-    )
-    first = batch[0]
-
-    def per_element(column: list[Any], dtype: Any) -> Any:
-        if any(isinstance(x, jax.core.Tracer) for x in column):  # inside jit, vmap, ...
-            parts = [jnp.broadcast_to(jnp.asarray(x, dtype), (n,)) for x, n in zip(column, sizes)]
-            return jnp.concatenate([*parts, jnp.zeros(_PACK_CHUNK - filled, dtype)])
-        out = np.zeros(_PACK_CHUNK, dtype)
-        out[:filled] = np.repeat(np.asarray(column, dtype), sizes)
-        return out
-
-    keys = [
-        (
-            per_element([plan.keys[k][0] for plan in batch], np.uint32),
-            per_element([plan.keys[k][1] for plan in batch], np.uint32),
-        )
-        for k in range(len(first.keys))
-    ]
-    scalars = [
-        per_element([plan.scalars[i] for plan in batch], scalar.dtype)
-        for i, scalar in enumerate(first.scalars)
-    ]
-    out = _packed_program(*first.structure)(low, keys, scalars)
-
-    def finish() -> list[Any]:
-        flat = _host(out)  # a tracer inside jit, vmap, ...
-        return [
-            flat[start : start + size].reshape(plan.root.shape)
-            for plan, start, size in zip(batch, starts, sizes)
-        ]
-
-    return finish
-
-
-def _launch_one(plan: _Plan) -> Callable[[], list[Any]]:
-    finish = _launch(plan)
-    return lambda: [finish()]
-
-
-def _launch(plan: _Plan) -> Any:
-    """Dispatch the calls computing one value chunk by chunk; return a function that
-    awaits them and returns the value."""
-    root, keys, scalars, arrays = plan.root, plan.keys, plan.scalars, plan.arrays
-    size = plan.size
-    scalar_dtypes = tuple(s.dtype for s in scalars)
-    if not root.per_element:
-        out = _program(plan.nodes, scalar_dtypes, 1)(np.zeros(2, np.uint32), keys, scalars, [])
-        return lambda: _host(out).reshape(root.shape)
-    chunk = _chunk_size(size)
-    program = _program(plan.nodes, scalar_dtypes, chunk)
-    parts = [
-        program(
-            np.array([start >> 32, start & 0xFFFFFFFF], np.uint32),
-            keys,
-            scalars,
-            [_padded(a[start : start + chunk], chunk) for a in arrays],
-        )
-        for start in range(0, size, chunk)
-    ]
-
-    def finish() -> Any:
-        if any(isinstance(part, jax.core.Tracer) for part in parts):  # inside jit, vmap
-            return jnp.concatenate(parts)[:size].reshape(root.shape)
-        if len(parts) == 1:
-            return np.asarray(parts[0])[:size].reshape(root.shape)
-        out = np.empty(size, np.dtype(root.dtype))
-        for number, part in enumerate(parts):
-            start = number * chunk
-            stop = min(size, start + chunk)
-            out[start:stop] = np.asarray(part)[: stop - start]
-        return out.reshape(root.shape)
-
-    return finish
-
-
-def _chunk_size(size: int) -> int:
-    """The chunk a value of `size` elements is computed in (see the constants above)."""
-    if size <= 4 * _SMALL_CHUNK:
-        return _SMALL_CHUNK
-    computed = {chunk: math.ceil(size / chunk) * chunk for chunk in (_MEDIUM_CHUNK, _LARGE_CHUNK)}
-    return _LARGE_CHUNK if computed[_LARGE_CHUNK] <= computed[_MEDIUM_CHUNK] else _MEDIUM_CHUNK
-
-
-def _host(x: Any) -> Any:
-    """`x` as a NumPy array, or as it is if it is a tracer."""
-    return x if isinstance(x, jax.core.Tracer) else np.asarray(x)
-
-
-def _padded(a: Any, length: int) -> Any:
-    if a.size == length:
-        return a
-    return (
-        jnp.pad(a, (0, length - a.size))
-        if isinstance(a, jax.core.Tracer)
-        else np.pad(a, (0, length - a.size))
-    )
-
-
-@functools.cache
-def _program(nodes: tuple[tuple[Any, ...], ...], scalar_dtypes: tuple[Any, ...], chunk: int):
-    """One compiled program per structure: computes `chunk` consecutive elements
-    (from the flat index `offset`) of the value that `nodes` describe. Values that are
-    not per element are computed once, as 0-d arrays."""
-    del scalar_dtypes  # part of the cache key only
-
-    def run(
-        offset: jax.Array,
-        keys: list[jax.Array],
-        scalars: list[jax.Array],
-        arrays: list[jax.Array],
-    ) -> jax.Array:
-        # The barriers keep XLA from folding constants into, or fusing callers with,
-        # this computation: inlined into an enclosing jit it computes the same bits.
-        scalars, arrays = lax.optimization_barrier((scalars, arrays))
-        shape = _block_shape(chunk)
-        iota = _flat_iota(shape)
-        low = offset[1] + iota
-        high = offset[0] + (low < iota).astype(np.uint32)  # carry into the high word
-        key_words = [(key[0], key[1]) for key in keys]
-        arrays = [a.reshape(shape) for a in arrays]
-        out = _run_nodes(nodes, shape, high, low, key_words, scalars, arrays)
-        return lax.optimization_barrier(out.reshape(chunk))
-
-    return jax.jit(run)
-
-
-@functools.cache
-def _packed_program(nodes: tuple[tuple[Any, ...], ...], scalar_dtypes: tuple[Any, ...], dtype: Any):
-    """One compiled program per structure computing small values side by side in
-    `_PACK_CHUNK` elements: every element comes with its flat index
-    `low` in its own value, and that value's keys and scalars."""
-    del scalar_dtypes, dtype  # part of the cache key only
-
-    def run(
-        low: jax.Array,
-        keys: list[tuple[jax.Array, jax.Array]],
-        scalars: list[jax.Array],
-    ) -> jax.Array:
-        low, keys, scalars = lax.optimization_barrier((low, keys, scalars))
-        shape = _block_shape(_PACK_CHUNK)
-        low = low.reshape(shape)
-        keys = [(k1.reshape(shape), k2.reshape(shape)) for k1, k2 in keys]
-        scalars = [s.reshape(shape) for s in scalars]
-        out = _run_nodes(nodes, shape, jnp.zeros_like(low), low, keys, scalars, [])
-        return lax.optimization_barrier(out.reshape(_PACK_CHUNK))
-
-    return jax.jit(run)
-
-
-def _block_shape(chunk: int) -> tuple[int, ...]:
-    """A chunk's elements as rows of `_ROW` elements: XLA spreads the rows of a 2-d
-    computation over the CPU's cores, not the elements of a 1-d one."""
-    return (chunk // _ROW, _ROW) if chunk >= 2 * _ROW else (chunk,)
-
-
-def _flat_iota(shape: tuple[int, ...]) -> jax.Array:
-    """The row-major flat index of every element of `shape`, as uint32."""
-    if len(shape) == 1:
-        return lax.iota(np.uint32, shape[0])
-    rows = lax.broadcasted_iota(np.uint32, shape, 0)
-    return rows * np.uint32(shape[1]) + lax.broadcasted_iota(np.uint32, shape, 1)
-
-
-def _run_nodes(
-    nodes: tuple[tuple[Any, ...], ...],
-    shape: tuple[int, ...],
-    high: jax.Array,
-    low: jax.Array,
-    keys: list[tuple[jax.Array, jax.Array]],
-    scalars: list[jax.Array],
-    arrays: list[jax.Array],
-) -> jax.Array:
-    """The value `nodes` describe at the flat indices `(high, low)`: the body of both
-    programs. A scalar is 0-d, or has one entry per element (packed values)."""
-    values: list[jax.Array] = []
-
-    def read(ref: tuple[str, int], per_element: bool) -> jax.Array:
-        kind, i = ref
-        x = values[i] if kind == "node" else scalars[i]
-        return jnp.broadcast_to(x, shape) if per_element and x.ndim == 0 else x
-
-    for spec in nodes:
-        if spec[0] == "bits":
-            _, k, width = spec
-            bits1, bits2 = threefry2x32_p.bind(*keys[k], high, low)
-            bits = bits1 ^ bits2
-            if width != 32:
-                bits = lax.convert_element_type(bits, np.dtype(f"uint{width}"))
-            values.append(bits)
-        elif spec[0] == "fill":
-            values.append(read(spec[1], True))
-        elif spec[0] == "value":
-            values.append(read(spec[1], False))
-        elif spec[0] == "array":
-            values.append(arrays[spec[1]])
-        else:
-            _, primitive, params, refs, per_element = spec
-            ins = [read(r, per_element) for r in refs]
-            values.append(primitive.bind(*ins, **dict(params)))
-    return values[-1]

@@ -2,24 +2,26 @@
 
 import dataclasses
 import functools
-import sys
+import inspect
+import types
 from collections.abc import Callable
 from typing import Any, TYPE_CHECKING
 
-import equinox as eqx
 import jax.tree_util as jtu
 
 from ._context import current_context
 from ._errors import UninitializedError
+from ._init import init
 from ._paths import display_path
 from ._sentinels import field_items, is_sentinel
+from ._tree import LazyNode
 
 
 # Methods of `Module` itself, which must not be tracked (see `_track`).
 _UNTRACKED = frozenset({"init", "initializing", "rng_init"})
 
 
-class Module(eqx.Module):
+class Module(LazyNode):
     """Base class for lazy modules. Subclass it as you would `equinox.Module`: it is a
     frozen dataclass and a pytree, and it stays one after `lazymod.init`.
 
@@ -62,33 +64,37 @@ class Module(eqx.Module):
     def init(self, key: Any, /, *args: Any, **kwargs: Any) -> Any:
         """`module.init(key, *args, **kwargs)` is `lazymod.init(module, key, *args,
         **kwargs)`: see [`lazymod.init`][]."""
-        from ._init import init
-
         return init(self, key, *args, **kwargs)
 
     def initializing(self) -> bool:
-        """True while `lazymod.init` runs this module's `rng_init` or its forward pass;
-        False at every other time, including every call after init.
+        """True while `lazymod.init` runs this module's `rng_init`, and during its
+        first call in the forward pass (later calls in the same init too, while a
+        field still holds a `lazymod.lazy()` placeholder); False at every other time,
+        including every call after init.
 
         Inside `if self.initializing():` the module may assign its own fields and draw
-        keys with [`lazymod.next_key`][].
+        keys with [`lazymod.next_key`][]. A later call of the same module in the same
+        init uses what the first call built.
         """
         context = current_context()
-        return context is not None and context.phase != "initializers" and context.owns(self)
+        if context is None:
+            return False
+        path = context.path_of(self)
+        return path is not None and context.initializing(path)
 
-    def __str__(self) -> str:
-        # `jax.vmap(module)` and `jax.jit(module)` call `str()` on the module for their
-        # debug info, and keep it only if it names a built-in function. During init a
-        # module holds tracers, and pretty-printing them took a fifth of the trace of a
-        # Transformer; JAX gets the same "<unknown>" for a short string.
-        frame = sys._getframe(1)
-        for _ in range(3):  # past a decorator (jaxtyping's import hook adds one)
-            if frame is None:
-                break
-            if frame.f_code.co_name == "fun_sourceinfo":
-                return f"<lazymod module {type(self).__name__}>"
-            frame = frame.f_back
-        return repr(self)
+    # `jax.vmap(module)` and `jax.jit(module)` read the source info of the function they
+    # transform from `__code__` and `__name__`; without them JAX calls `str()` on the
+    # module and keeps nothing of it, after pretty-printing the whole tree (during init,
+    # full of tracers: a fifth of the trace of a Transformer).
+    @property
+    def __code__(self) -> types.CodeType:
+        """The code of this module's `__call__`."""
+        return inspect.unwrap(type(self).__call__).__code__  # pyright: ignore
+
+    @property
+    def __name__(self) -> str:  # pyright: ignore[reportIncompatibleVariableOverride]
+        """The name of this module's class."""
+        return type(self).__name__
 
     def rng_init(self) -> None:
         """Hook run by `lazymod.init` after every field `Initializer` and before the
@@ -100,30 +106,15 @@ class Module(eqx.Module):
         sees its submodules' `rng_init` results.
         """
 
-    def _materialize(self) -> Any:
-        """What this module becomes in the tree `lazymod.init` returns; by default
-        itself. `lazymod.nn` layers override it to become the Equinox layer they built,
-        so that a materialized layer *is* an `equinox.nn` layer. Called once init has
-        run the forward pass, children first; a module still holding placeholders (a
-        partial init) should return itself."""
-        return self
-
     if not TYPE_CHECKING:  # type checkers keep treating modules as frozen
 
         def __setattr__(self, name: str, value: Any) -> None:
             context = current_context()
-            if context is not None and context.phase != "initializers" and context.owns(self):
-                if name not in _field_names(type(self)):
-                    raise AttributeError(
-                        f"{type(self).__name__} has no field {name!r}. Declare it in the "
-                        f"class body (for example `{name}: jax.Array = lazymod.lazy()`) "
-                        "before assigning it during init."
-                    )
-                object.__setattr__(self, name, value)
-                original = context.original(self)
-                if original is not self:  # a copy made during the forward pass
-                    object.__setattr__(original, name, value)
-                return
+            if context is not None:
+                path = context.path_of(self)
+                if path is not None and context.initializing(path):
+                    context.assign(self, path, name, value)
+                    return
             try:
                 super().__setattr__(name, value)
             except dataclasses.FrozenInstanceError:
@@ -136,11 +127,6 @@ class Module(eqx.Module):
                 ) from None
 
 
-@functools.cache
-def _field_names(cls: type) -> frozenset[str]:
-    return frozenset(f.name for f in dataclasses.fields(cls))
-
-
 def _is_trackable(name: str, value: object) -> bool:
     if not callable(value) or isinstance(value, (staticmethod, classmethod, type)):
         return False
@@ -150,21 +136,23 @@ def _is_trackable(name: str, value: object) -> bool:
 
 
 def _track(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a method so that, while `lazymod.init` runs it on a working copy, keys drawn
-    inside belong to this module and its output can be captured; at any other time it
-    refuses to run on a module that is not initialized."""
+    """Wrap a method so that, while `lazymod.init` runs it on a module of its working
+    copy, init knows which module runs (its keys, its first call, its output); at any
+    other time it refuses to run on a module that is not initialized."""
 
     @functools.wraps(fn)
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         context = current_context()
-        if context is None or not context.owns(self):
-            _check_initialized(self)
+        path = None if context is None else context.path_of(self)
+        if path is not None:
+            assert context is not None
+            return context.call(self, path, fn, args, kwargs)
+        _check_initialized(self)
+        try:
             return fn(self, *args, **kwargs)
-        with context.running(self):
-            out = fn(self, *args, **kwargs)
-        if context.intermediates is not None and fn.__name__ == "__call__":
-            context.capture(self, out)
-        return out
+        except UninitializedError as error:
+            _locate(error, self)
+            raise
 
     method.__lazymod_tracked__ = True  # pyright: ignore[reportFunctionMemberAccess]
     return method
@@ -187,32 +175,30 @@ def _pending_fields(module: Any) -> list[str]:
 def _check_initialized(module: Any) -> None:
     pending = _pending_fields(module)
     if pending:
-        names = ", ".join(repr(name) for name in pending)
-        plural = "s" if len(pending) > 1 else ""
-        raise UninitializedError(
-            f"{_locate(module)} ({type(module).__name__}): field{plural} {names} "
-            f"{'are' if plural else 'is'} not initialized; call "
-            "`model = lazymod.init(model, key, *inputs)` first and use the model it "
-            "returns."
-        )
+        message = _uninitialized_message(type(module).__name__, module, pending)
+        raise UninitializedError(message, module)
 
 
-def _locate(module: Any) -> str:
-    """The path of `module` in the outermost module that is running it, found from the
-    calling frames (only ever used to write an error message)."""
-    callers = []
-    frame = sys._getframe(1)
-    while frame is not None:
-        candidate = frame.f_locals.get("self")
-        if (
-            isinstance(candidate, eqx.Module)
-            and candidate is not module
-            and not type(candidate).__module__.startswith("equinox._")  # BoundMethod
-        ):
-            callers.append(candidate)
-        frame = frame.f_back
-    for caller in reversed(callers):
-        for path, leaf in jtu.tree_leaves_with_path(caller, is_leaf=lambda x: x is module):
-            if leaf is module:
-                return display_path(caller, path)
-    return type(module).__name__
+def _uninitialized_message(where: str, module: Any, pending: list[str]) -> str:
+    names = ", ".join(repr(name) for name in pending)
+    plural = "s" if len(pending) > 1 else ""
+    return (
+        f"{where} ({type(module).__name__}): field{plural} {names} "
+        f"{'are' if plural else 'is'} not initialized; call "
+        "`model = lazymod.init(model, key, *inputs)` first and use the model it "
+        "returns."
+    )
+
+
+def _locate(error: UninitializedError, caller: Any) -> None:
+    """Name the uninitialized module by its path in `caller`, a module whose method
+    was running when it was called. Each enclosing tracked call does this as the
+    error passes, so the outermost one names the full path."""
+    module = error.module
+    if module is None:
+        return
+    for path, leaf in jtu.tree_leaves_with_path(caller, is_leaf=lambda x: x is module):
+        if leaf is module and path:
+            where = display_path(caller, path)
+            error.args = (_uninitialized_message(where, module, _pending_fields(module)),)
+            return

@@ -90,13 +90,22 @@ class Placeholder(eqx.Module):
 _PLACEHOLDER = Placeholder()
 
 
-class ClaimedPlaceholder(Placeholder):
-    """A placeholder in a working copy that `lazymod.init` owns. Its token survives the
-    copies a forward pass may make of its module (`eqx.tree_at`, `eqx.nn.Shared`), so
-    init can tell such a copy from a stranger and write what it builds back to the
-    module it owns."""
+@dataclasses.dataclass(frozen=True)
+class Tag:
+    """Where a module sits in the working copy of one running `lazymod.init`: the
+    number of that init and the module's path. Hashable, so it can be static."""
 
-    token: object = eqx.field(static=True)
+    init: int
+    path: KeyPath
+
+
+class TaggedPlaceholder(Placeholder):
+    """A placeholder in the working copy of a running `lazymod.init`, tagged with its
+    module's path. The tag is static, so it survives the copies a forward pass makes
+    of the module (`eqx.tree_at`, `eqx.filter_vmap`, `eqx.nn.Shared`): init knows
+    where such a copy sits without tracking objects."""
+
+    tag: Tag = eqx.field(static=True)
 
 
 def lazy() -> Any:

@@ -7,7 +7,7 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
-from ._init import _abstract_key, _init, _resolve_method
+from ._init import abstract_key, initialize, resolve_method
 from ._paths import path_str
 
 
@@ -79,7 +79,7 @@ def summary(
         assert "55,050 parameters" in table
         ```
     """
-    function = _resolve_method(model, method, has_inputs=bool(args or kwargs))
+    function = resolve_method(model, method, has_inputs=bool(args or kwargs))
     outputs: list[Any] = []
 
     def run_and_keep_output(module: Any, *args: Any, **kwargs: Any) -> Any:
@@ -89,10 +89,17 @@ def summary(
         return out
 
     def build(model: Any, key: Any, *args: Any, **kwargs: Any) -> Any:
-        method = None if function is None else run_and_keep_output
-        return _init(model, key, args, kwargs, method, False, True, None, True)
+        return initialize(
+            model,
+            key,
+            args=args,
+            kwargs=kwargs,
+            method=None if function is None else run_and_keep_output,
+            capture_intermediates=True,
+            abstract=True,
+        )
 
-    shapes, intermediates = eqx.filter_eval_shape(build, model, _abstract_key(), *args, **kwargs)
+    shapes, intermediates = eqx.filter_eval_shape(build, model, abstract_key(), *args, **kwargs)
     root_output = outputs[-1] if outputs else None
     return _tabulate(shapes, intermediates, root_output, function is not None)
 

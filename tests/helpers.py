@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import lazymod as lm
+
 
 def tree_bit_equal(a: Any, b: Any) -> bool:
     """Same structure, same static parts, and every array bit for bit the same."""
@@ -26,3 +28,59 @@ def _bit_equal(x: Any, y: Any) -> bool:
 
 def spec(*shape: int, dtype: Any = jnp.float32) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, dtype)
+
+
+# --- toy modules that several test files use ----------------------------------------
+
+
+class Dense(lm.Module):
+    """The Treex seed's `initializing()` example, verbatim but for tx -> lm."""
+
+    features_out: int
+    w: jax.Array = lm.lazy()
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        if self.initializing():
+            self.w = jax.random.uniform(key=lm.next_key(), shape=[x.shape[-1], self.features_out])
+        return x @ self.w
+
+
+class WithRngInit(lm.Module):
+    """The Treex seed's `rng_init` example (its two typos read as in
+    shared/seeds/README.md)."""
+
+    a: jnp.ndarray | None
+    b: jnp.ndarray | None
+
+    def __init__(self):
+        self.a = None
+        self.b = None
+
+    def rng_init(self):
+        self.a = jax.random.uniform(lm.next_key(), shape=(1,))
+        self.b = 10.0 * self.a + jax.random.normal(lm.next_key(), shape=(1,))
+
+
+class Linear(lm.Module):
+    """A dense layer written with an `initializing()` block, with a bias."""
+
+    features_out: int
+    w: jax.Array = lm.lazy()
+    b: jax.Array = lm.lazy()
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.initializing():
+            self.w = jax.random.normal(lm.next_key(), (x.shape[-1], self.features_out))
+            self.b = jax.random.normal(lm.next_key(), (self.features_out,))
+        return x @ self.w + self.b
+
+
+class MLP(lm.Module):
+    """A list of layers with tanh between them."""
+
+    layers: list
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer in self.layers:
+            x = jnp.tanh(layer(x))
+        return x

@@ -1,6 +1,6 @@
-"""lazymod's evaluator (lazymod/_evaluate.py) computes initial values chunk by chunk with
-one compiled program per structure. Whatever the shape, dtype or distribution, its
-values must be bit for bit those JAX computes directly."""
+"""lazymod's fast evaluator (lazymod/_evaluate.py, lazymod/_chunks.py) computes initial
+values chunk by chunk with one compiled program per structure. Whatever the shape, dtype
+or distribution, its values must be bit for bit those JAX computes directly."""
 
 import equinox as eqx
 import jax
@@ -11,15 +11,15 @@ from jax.extend.random import threefry2x32_p
 
 import lazymod as lm
 from lazymod import _host_keys
-from lazymod._evaluate import (
-    _chunk_size,
-    _LARGE_CHUNK,
-    _MEDIUM_CHUNK,
-    _PACK_CHUNK,
-    _PACK_LIMIT,
-    _SMALL_CHUNK,
-    evaluate,
+from lazymod._chunks import (
+    chunk_size,
+    LARGE_CHUNK,
+    MEDIUM_CHUNK,
+    PACK_CHUNK,
+    PACK_LIMIT,
+    SMALL_CHUNK,
 )
+from lazymod._evaluate import evaluate
 
 from .helpers import tree_bit_equal
 
@@ -43,17 +43,17 @@ SAMPLERS = {
 # into one rounding (a fused multiply-add) where op-by-op JAX rounds twice: 1 ulp.
 EXACT = {"uniform", "normal", "truncated_normal", "bits", "bernoulli", "ones", "constant"}
 # Across the small/medium chunk threshold and across a medium chunk's end.
-SHAPES = [(), (7,), (3, 5), (4 * _SMALL_CHUNK + 1,), (2, _MEDIUM_CHUNK + 3)]
-LARGE_SHAPE = (3, _LARGE_CHUNK // 2 + 5)  # across a large chunk's end
+SHAPES = [(), (7,), (3, 5), (4 * SMALL_CHUNK + 1,), (2, MEDIUM_CHUNK + 3)]
+LARGE_SHAPE = (3, LARGE_CHUNK // 2 + 5)  # across a large chunk's end
 
 
 def test_chunk_sizes():
-    assert _chunk_size(4 * _SMALL_CHUNK + 1) == _MEDIUM_CHUNK
+    assert chunk_size(4 * SMALL_CHUNK + 1) == MEDIUM_CHUNK
     # The shapes above use the medium and the large chunk, each across a chunk's end.
-    assert _chunk_size(2 * (_MEDIUM_CHUNK + 3)) == _MEDIUM_CHUNK
-    assert _chunk_size(LARGE_SHAPE[0] * LARGE_SHAPE[1]) == _LARGE_CHUNK
-    assert _chunk_size(1024 * 1024) == _LARGE_CHUNK
-    assert _chunk_size(3 * 3 * 256 * 256) == _MEDIUM_CHUNK  # 3 medium calls, not 2 large
+    assert chunk_size(2 * (MEDIUM_CHUNK + 3)) == MEDIUM_CHUNK
+    assert chunk_size(LARGE_SHAPE[0] * LARGE_SHAPE[1]) == LARGE_CHUNK
+    assert chunk_size(1024 * 1024) == LARGE_CHUNK
+    assert chunk_size(3 * 3 * 256 * 256) == MEDIUM_CHUNK  # 3 medium calls, not 2 large
 
 
 def direct_and_evaluated(sampler, shape, dtype):
@@ -113,7 +113,7 @@ def test_eager_init_equals_jitted_init_for_every_sampler():
         f"{name}{size}": lm.Initializer(lambda k, f=f, size=size: f(k, (size,), jnp.float16))
         for name, f in SAMPLERS.items()
         if name not in ("he_normal", "glorot_uniform", "lecun_normal", "orthogonal")
-        for size in (5, 4 * _SMALL_CHUNK + 7)
+        for size in (5, 4 * SMALL_CHUNK + 7)
     }
     assert tree_bit_equal(lm.init(fields, 1), eqx.filter_jit(lm.init)(fields, jax.random.key(1)))
 
@@ -179,7 +179,7 @@ def test_small_values_computed_side_by_side_equal_jax():
     # for it alone, whatever its neighbours. (Few distinct shapes: JAX compiles a
     # sampler per shape.)
     shapes = [(1,), (7,), (3, 5), (33,), (2, 40), (1500,)] * 50
-    shapes.append((_PACK_LIMIT,))  # the largest packed value
+    shapes.append((PACK_LIMIT,))  # the largest packed value
 
     def make():
         key = jax.random.key(3)
@@ -192,5 +192,5 @@ def test_small_values_computed_side_by_side_equal_jax():
 
     closed = jax.make_jaxpr(make)()
     evaluated = evaluate(closed, closed.jaxpr.outvars)
-    assert sum(np.size(v) for v in evaluated) > _PACK_CHUNK
+    assert sum(np.size(v) for v in evaluated) > PACK_CHUNK
     assert tree_bit_equal(evaluated, make())

@@ -13,28 +13,7 @@ import pytest
 
 import lazymod as lm
 
-from .helpers import spec, tree_bit_equal
-
-
-class Linear(lm.Module):
-    features_out: int
-    w: jax.Array = lm.lazy()
-    b: jax.Array = lm.lazy()
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if self.initializing():
-            self.w = jax.random.normal(lm.next_key(), (x.shape[-1], self.features_out))
-            self.b = jax.random.normal(lm.next_key(), (self.features_out,))
-        return x @ self.w + self.b
-
-
-class MLP(lm.Module):
-    layers: list
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for layer in self.layers:
-            x = jnp.tanh(layer(x))
-        return x
+from .helpers import Linear, MLP, spec, tree_bit_equal
 
 
 class Pair(lm.Module):

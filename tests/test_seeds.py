@@ -7,20 +7,13 @@ import numpy as np
 
 import lazymod as lm
 
-from .helpers import spec
+from .helpers import Dense, spec, WithRngInit
 
 
 # --- Treex: Module.initializing, verbatim but for tx -> lm --------------------------
 
 
-class Dense(lm.Module):
-    features_out: int
-    w: jax.Array = lm.lazy()
-
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        if self.initializing():
-            self.w = jax.random.uniform(key=lm.next_key(), shape=[x.shape[-1], self.features_out])
-        return x @ self.w
+# The seed's `Dense` is in tests/helpers.py, shared with other tests.
 
 
 def test_treex_initializing_block():
@@ -54,17 +47,7 @@ def test_treex_field_initializer():
 # --- Treex: rng_init (the seed's two typos read as in shared/seeds/README.md) --------
 
 
-class WithRngInit(lm.Module):
-    a: jnp.ndarray | None
-    b: jnp.ndarray | None
-
-    def __init__(self):
-        self.a = None
-        self.b = None
-
-    def rng_init(self):
-        self.a = jax.random.uniform(lm.next_key(), shape=(1,))
-        self.b = 10.0 * self.a + jax.random.normal(lm.next_key(), shape=(1,))
+# The seed's `WithRngInit` is in tests/helpers.py, shared with other tests.
 
 
 def test_treex_rng_init():

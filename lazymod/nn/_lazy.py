@@ -26,12 +26,12 @@ class LazyLayer(Module):
     def _layer_for(self, *args: Any, **kwargs: Any) -> Any:
         """The Equinox layer: built from the inputs' shapes while init runs this layer
         (in init's own trace, so also inside a `jax.lax.scan` of the forward pass)."""
-        if self.initializing():
+        if self.initializing() and is_sentinel(self.layer):
             with in_init_trace():
                 self.layer = self._build(*args, **kwargs)
         return self.layer
 
-    def _materialize(self) -> Any:
+    def _init_result(self) -> Any:
         return self if is_sentinel(self.layer) else self.layer
 
     def _bad_input(self, expected: str, got: Any) -> InitError:

@@ -6,6 +6,7 @@ import equinox as eqx
 from .._context import describe
 from .._errors import InitError
 from .._module import Module
+from .._tree import init_result
 
 
 class Shared(Module):
@@ -65,10 +66,8 @@ class Shared(Module):
         """The pytree: tied after init, untied while init builds its layers."""
         return self.pytree
 
-    def _materialize(self) -> eqx.nn.Shared:
-        from .._init import _replace_materialized
-
-        pytree = _replace_materialized(self.pytree)
+    def _init_result(self) -> eqx.nn.Shared:
+        pytree = init_result(self.pytree)
         try:
             return eqx.nn.Shared(pytree, self.where, self.get)
         except Exception as error:

@@ -10,8 +10,8 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .._context import describe
 from .._errors import InitError
-from .._init import _replace_materialized
 from .._sentinels import is_initialized, is_sentinel, lazy
+from .._tree import init_result
 from ._lazy import LazyLayer
 
 
@@ -29,7 +29,7 @@ class Wrapper(LazyLayer):
     def rng_init(self) -> None:
         # A wrapped layer that needs no input (an Equinox layer, or a lazy one already
         # built) is wrapped right away, so `lazymod.init(wrapper, key)` works too.
-        inner = _replace_materialized(self.layer)
+        inner = init_result(self.layer)
         if is_initialized(inner):
             self.built = self._checked_wrap(inner)
 
@@ -38,7 +38,7 @@ class Wrapper(LazyLayer):
         layer has been built by calling it on `x`."""
         if self.initializing() and is_sentinel(self.built):
             self.layer(x)
-            self.built = self._checked_wrap(_replace_materialized(self.layer))
+            self.built = self._checked_wrap(init_result(self.layer))
         return self.built
 
     def _checked_wrap(self, inner: Any) -> eqx.Module:
@@ -51,7 +51,7 @@ class Wrapper(LazyLayer):
             )
         return self._wrap(inner)
 
-    def _materialize(self) -> Any:
+    def _init_result(self) -> Any:
         return self if is_sentinel(self.built) else self.built
 
 

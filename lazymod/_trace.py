@@ -1,0 +1,259 @@
+"""The trace of one init: the three mechanisms run on a working copy of the tree inside
+`jax.make_jaxpr`, with the input specs as the jaxpr's only inputs.
+
+`trace` runs, in the seed's order: every field `Initializer` (`_run_initializers`, which
+also makes the working copy), every module's `rng_init`, then the method on the inputs.
+What they assign is recorded by path in the `InitContext`; the tree init returns is the
+working copy with those values, its lazy layers replaced by what they built
+(`init_result`). Its arrays are the jaxpr's outputs, and `Skeleton` puts computed
+values back in their places.
+"""
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jax.extend import core as jex_core
+from jaxtyping import PRNGKeyArray
+
+from ._context import active, current_trace, InitContext, Phase
+from ._errors import InitError, UninitializedError
+from ._keys import derive_key
+from ._paths import display_path, KeyPath
+from ._sentinels import default_sentinels_with_paths, Initializer, is_sentinel
+from ._tree import init_result, lazy_modules
+
+
+@dataclasses.dataclass
+class Skeleton:
+    """The returned tree and the captured outputs with every array taken out, in the
+    order of the jaxpr's outputs: the parameters first, then the intermediates. Holds
+    no tracer."""
+
+    leaves: list[Any]
+    treedef: Any
+    array_positions: list[int]
+    array_paths: list[KeyPath]  # for error messages and sharding rules
+    inter_leaves: list[Any]
+    inter_treedef: Any
+    inter_positions: list[int]
+
+    @property
+    def num_params(self) -> int:
+        return len(self.array_positions)
+
+    def unflatten(self, values: Sequence[Any]) -> tuple[Any, dict[str, Any] | None]:
+        """The tree and the intermediates, with `values` in the arrays' places."""
+        leaves = list(self.leaves)
+        for position, value in zip(self.array_positions, values):
+            leaves[position] = value
+        inter_leaves = list(self.inter_leaves)
+        for position, value in zip(self.inter_positions, values[self.num_params :]):
+            inter_leaves[position] = value
+        result = jtu.tree_unflatten(self.treedef, leaves)
+        return result, jtu.tree_unflatten(self.inter_treedef, inter_leaves)
+
+
+@dataclasses.dataclass
+class Traced:
+    """What `trace` returns: the jaxpr whose outputs are every array of the result,
+    their shapes, and where each goes."""
+
+    jaxpr: jex_core.ClosedJaxpr
+    out_shapes: list[Any]
+    skeleton: Skeleton
+
+
+# What JAX raises when Python code needs the value of a traced array.
+NEEDS_VALUES = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
+def trace(
+    module: Any,
+    keys: dict[str, PRNGKeyArray],
+    *,
+    function: Callable[..., Any] | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    capture: bool,
+    staged: bool,
+) -> Traced:
+    """Trace the three mechanisms on `module` with these inputs. With `staged`, every
+    value is staged into the jaxpr (the evaluator computes it afterwards); without,
+    what does not depend on a spec is computed op by op as it is traced, so code that
+    branches on the values of real inputs works."""
+    input_leaves, input_treedef = jtu.tree_flatten((args, kwargs))
+    spec_positions = [
+        i for i, leaf in enumerate(input_leaves) if isinstance(leaf, jax.ShapeDtypeStruct)
+    ]
+    context = InitContext(keys, capture=capture, root_name=type(module).__name__)
+    skeletons: list[Skeleton] = []
+
+    def run(*traced_specs: jax.Array) -> list[jax.Array]:
+        leaves = list(input_leaves)
+        for position, traced in zip(spec_positions, traced_specs):
+            leaves[position] = traced
+        call_args, call_kwargs = jtu.tree_unflatten(input_treedef, leaves)
+        context.trace = current_trace()
+        try:
+            result = _run_mechanisms(module, context, function, call_args, call_kwargs)
+            outputs, skeleton = _take_arrays(result, context)
+        finally:
+            context.release()  # no reference to a tracer may outlive the trace
+        skeletons.append(skeleton)
+        return outputs
+
+    specs = [input_leaves[i] for i in spec_positions]
+    context.note_outer_traces((module, input_leaves))
+    eager = contextlib.nullcontext() if staged else jax.ensure_compile_time_eval()
+    with active(context), eager:
+        closed, out_shapes = jax.make_jaxpr(run, return_shape=True)(*specs)
+    return Traced(closed, out_shapes, skeletons[0])
+
+
+def _run_mechanisms(
+    module: Any,
+    context: InitContext,
+    function: Callable[..., Any] | None,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """The three mechanisms, in the seed's order; returns the tree init returns."""
+    working = _run_initializers(module, context)
+    modules = lazy_modules(working)
+    for path, submodule in modules:
+        context.register(submodule, path)
+    context.phase = Phase.RNG_INIT
+    for path, submodule in modules:
+        _run_rng_init(submodule, path, context)
+    if function is not None:
+        context.phase = Phase.CALL
+        with context.running(()):
+            try:
+                function(working, *args, **kwargs)
+            except Exception as error:
+                error.add_note(f"(while lazymod.init ran {type(module).__name__})")
+                raise
+    context.phase = Phase.DONE
+    for path, submodule in modules:
+        _check_static_fields(submodule, path, context)
+    return init_result(working)
+
+
+def _run_initializers(module: Any, context: InitContext) -> Any:
+    """Phase 1: a copy of `module` with every `Initializer` replaced by its value. The
+    copy is made by one flatten and one unflatten, so it shares no module object with
+    the input."""
+    leaves_with_paths, treedef = jtu.tree_flatten_with_path(module, is_leaf=is_sentinel)
+    leaves, filled = [], []
+    for path, leaf in leaves_with_paths:
+        if isinstance(leaf, Initializer):
+            leaf = _run_initializer(module, path, leaf, context)
+            filled.append(path)
+        leaves.append(leaf)
+    working = jtu.tree_unflatten(treedef, leaves)
+    # An Initializer left as a class-level field default is not a leaf: run it too, and
+    # store its value in the copy (which shares no module object with the input).
+    for path, node, name, sentinel in default_sentinels_with_paths(working):
+        if isinstance(sentinel, Initializer):
+            object.__setattr__(node, name, _run_initializer(module, path, sentinel, context))
+            filled.append(path)
+    # A field an Initializer filled may still be assigned by rng_init or the forward
+    # pass (it did not hold an array when init started).
+    for path in filled:
+        context.initializer_fields.update(
+            (path[:i], entry.name)
+            for i, entry in enumerate(path)
+            if isinstance(entry, jtu.GetAttrKey)
+        )
+    return working
+
+
+def _run_initializer(
+    root: Any, path: KeyPath, initializer: Initializer, context: InitContext
+) -> jax.Array:
+    where = display_path(root, path)
+    stream = initializer.stream
+    key = derive_key(context.root_key(stream), stream, "initializer", path)
+    try:
+        value = initializer.fn(key)
+    except (InitError, UninitializedError):
+        raise
+    except Exception as error:
+        raise InitError(
+            f"{where}: its Initializer raised {type(error).__name__}: {error}"
+        ) from error
+    if isinstance(value, np.ndarray):
+        value = jnp.asarray(value)
+    if not isinstance(value, jax.Array):
+        raise InitError(
+            f"{where}: its Initializer returned {type(value).__name__} {value!r}, not an "
+            "array. An Initializer's function must return a jax.Array: write "
+            "`lambda key: jnp.asarray(...)` for a constant."
+        )
+    return value
+
+
+def _run_rng_init(module: Any, path: KeyPath, context: InitContext) -> None:
+    with context.running(path):
+        try:
+            module.rng_init()
+        except (InitError, UninitializedError):
+            raise
+        except Exception as error:
+            raise InitError(
+                f"{context.where(path)} ({type(module).__name__}): rng_init raised "
+                f"{type(error).__name__}: {error}"
+            ) from error
+
+
+def _check_static_fields(module: Any, path: KeyPath, context: InitContext) -> None:
+    for field in dataclasses.fields(module):
+        if not field.metadata.get("static", False):
+            continue
+        value = getattr(module, field.name, None)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(value)):
+            raise InitError(
+                f"{context.where(path)}.{field.name}: a traced array was assigned to this "
+                "static field during init, which would leak a tracer. Static fields hold "
+                "Python values (ints, strings, shapes); declare the field without "
+                "`static=True` to store an array."
+            )
+
+
+def _take_arrays(result: Any, context: InitContext) -> tuple[list[jax.Array], Skeleton]:
+    """The arrays of the result and of the captured outputs (the jaxpr's outputs), and
+    the skeleton that puts them back."""
+    leaves_with_paths, treedef = jtu.tree_flatten_with_path(result)
+    leaves = [leaf for _, leaf in leaves_with_paths]
+    positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array)]
+    paths = [leaves_with_paths[i][0] for i in positions]
+    foreign = [path for i, path in zip(positions, paths) if context.is_foreign_tracer(leaves[i])]
+    if foreign:
+        names = ", ".join(display_path(result, path) for path in foreign)
+        raise InitError(
+            f"{names}: assigned a value traced inside a JAX transformation that the "
+            "forward pass applies (jax.vmap, jax.lax.scan, jax.jit, ...); it cannot leave "
+            "that transformation. Assign fields from shapes and keys only, or outside "
+            "the transformation."
+        )
+    inter_leaves, inter_treedef = jtu.tree_flatten(context.intermediates)
+    inter_positions = [i for i, leaf in enumerate(inter_leaves) if isinstance(leaf, jax.Array)]
+    outputs = [leaves[i] for i in positions] + [inter_leaves[i] for i in inter_positions]
+    for i in positions:
+        leaves[i] = None
+    for i in inter_positions:
+        inter_leaves[i] = None
+    skeleton = Skeleton(
+        leaves, treedef, positions, paths, inter_leaves, inter_treedef, inter_positions
+    )
+    return outputs, skeleton

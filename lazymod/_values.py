@@ -1,0 +1,163 @@
+"""The values of a traced init: which outputs of the jaxpr depend on the input specs,
+and the computation of the others, by one of two evaluators behind `evaluate`.
+
+- `"fast"` (the default, `_evaluate.py`): computes random values in chunks with one
+  compiled program per structure, and keys in NumPy. It relies on JAX internals
+  (primitive names, key implementations); if it meets anything it does not know, it
+  warns once and the JAX evaluator takes over.
+- `"jax"`: JAX's own `jax.core.eval_jaxpr` on the same pruned jaxpr, op by op.
+
+The environment variable `LAZYMOD_EVALUATOR` (`fast` or `jax`) chooses.
+"""
+
+import os
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jex_core
+
+from ._errors import InitError
+from ._paths import display_path
+from ._trace import Traced
+
+
+try:  # the fast evaluator depends on JAX internals that may move
+    from . import _evaluate as fast_evaluator
+except ImportError as error:  # pragma: no cover - depends on the JAX version
+    fast_evaluator = None
+    _import_problem: str | None = f"{type(error).__name__}: {error}"
+else:
+    _import_problem = None
+
+EVALUATOR_VARIABLE = "LAZYMOD_EVALUATOR"
+EVALUATORS = ("fast", "jax")
+_warned = False
+
+
+def compute(module: Any, traced: Traced, *, abstract: bool, on_device: bool) -> list[Any]:
+    """The value of every output of the trace: computed where it does not depend on a
+    spec, a `ShapeDtypeStruct` (intermediates) or an error (fields) where it does; with
+    `abstract`, a `ShapeDtypeStruct` everywhere. With `on_device`, computed arrays go
+    to the default device as they are ready; otherwise they may stay in host memory
+    for the caller to place."""
+    jaxpr = traced.jaxpr.jaxpr
+    depends = depends_on_inputs(jaxpr)
+    leaked = [i for i in range(traced.skeleton.num_params) if depends[i]]
+    if leaked:
+        _raise_data_dependent(module, traced, leaked)
+    if abstract:
+        return [
+            jax.ShapeDtypeStruct(
+                var.aval.shape,
+                var.aval.dtype,
+                weak_type=getattr(var.aval, "weak_type", False) and var.aval.shape == (),
+            )
+            for var in jaxpr.outvars
+        ]
+    keep = [not d for d in depends]
+    computed = iter(evaluate(traced.jaxpr, keep, on_device=on_device))
+    return [
+        _as_array(next(computed), var.aval) if k else jax.ShapeDtypeStruct(shape.shape, shape.dtype)
+        for k, shape, var in zip(keep, traced.out_shapes, jaxpr.outvars)
+    ]
+
+
+def depends_on_inputs(jaxpr: jex_core.Jaxpr) -> list[bool]:
+    """For each output of `jaxpr`, whether it depends on one of its inputs."""
+    tainted = set(jaxpr.invars)
+    for eqn in jaxpr.eqns:
+        if any(isinstance(v, jex_core.Var) and v in tainted for v in eqn.invars):
+            tainted.update(eqn.outvars)
+    return [isinstance(v, jex_core.Var) and v in tainted for v in jaxpr.outvars]
+
+
+def evaluate(closed: jex_core.ClosedJaxpr, keep: list[bool], *, on_device: bool) -> list[Any]:
+    """The outputs of `closed` marked in `keep` (none may depend on its inputs),
+    running only the equations they need, with the evaluator `LAZYMOD_EVALUATOR`
+    names."""
+    jaxpr = closed.jaxpr
+    outvars = [v for v, k in zip(jaxpr.outvars, keep) if k]
+    needed = {v for v in outvars if isinstance(v, jex_core.Var)}
+    eqns = []
+    for eqn in reversed(jaxpr.eqns):
+        if any(v in needed for v in eqn.outvars):
+            eqns.append(eqn)
+            needed.update(v for v in eqn.invars if isinstance(v, jex_core.Var))
+    eqns.reverse()
+    if not eqns:  # every value is already a constant
+        env = dict(zip(jaxpr.constvars, closed.consts))
+        return [v.val if isinstance(v, jex_core.Literal) else env[v] for v in outvars]
+    pruned = jex_core.ClosedJaxpr(jaxpr.replace(eqns=eqns, outvars=outvars), closed.consts)
+    if chosen_evaluator() == "fast" and not pruned.jaxpr.effects:
+        values = _evaluate_fast(pruned, outvars, on_device)
+        if values is not None:
+            return values
+    return jax.core.eval_jaxpr(pruned.jaxpr, pruned.consts, *[None] * len(jaxpr.invars))
+
+
+def chosen_evaluator() -> str:
+    """`"fast"` or `"jax"`, as the environment variable `LAZYMOD_EVALUATOR` says
+    (default `"fast"`)."""
+    name = os.environ.get(EVALUATOR_VARIABLE, "fast").strip().lower() or "fast"
+    if name not in EVALUATORS:
+        raise ValueError(
+            f"{EVALUATOR_VARIABLE}={name!r}: the evaluator must be one of {EVALUATORS}."
+        )
+    return name
+
+
+def _evaluate_fast(
+    pruned: jex_core.ClosedJaxpr, outvars: list[Any], on_device: bool
+) -> list[Any] | None:
+    """The fast evaluator's values, or `None` (after one warning per process) if it
+    cannot run on this JAX or meets something it does not know."""
+    problem = _import_problem
+    if fast_evaluator is not None:
+        try:
+            return fast_evaluator.evaluate(pruned, outvars, on_device=on_device)
+        except fast_evaluator.UNSUPPORTED as error:
+            problem = f"{type(error).__name__}: {error}"
+    _warn_once(problem)
+    return None
+
+
+def _warn_once(problem: str | None) -> None:
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    warnings.warn(
+        f"lazymod's fast evaluator cannot run here ({problem}); computing initial values "
+        f"with JAX's own evaluator instead, which is slower. Set {EVALUATOR_VARIABLE}=jax "
+        "to choose it and silence this warning, and please report the problem.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+def _as_array(value: Any, aval: Any) -> Any:
+    """`value` as the array its trace made: a constant output of the jaxpr may come back
+    as a Python or NumPy scalar, and a weakly typed scalar (`jnp.array(1.0)`) must stay
+    weakly typed, so that it promotes in the forward pass as it did when it was made."""
+    if isinstance(value, jax.Array | jax.core.Tracer):
+        return value
+    if getattr(aval, "weak_type", False) and aval.shape == ():
+        return jnp.asarray(np.asarray(value).item())  # a Python scalar: weakly typed
+    if not isinstance(value, np.ndarray):
+        return np.asarray(value, dtype=aval.dtype)  # placed on a device later
+    return value
+
+
+def _raise_data_dependent(module: Any, traced: Traced, leaked: list[int]) -> None:
+    names = [display_path(module, traced.skeleton.array_paths[i]) for i in leaked]
+    raise InitError(
+        f"{', '.join(names)}: "
+        f"{'these values depend' if len(names) > 1 else 'this value depends'} "
+        "on the values of an input that lazymod.init only knows as a "
+        "jax.ShapeDtypeStruct (its shape and dtype). For a data-dependent "
+        "initialization, pass real arrays to lazymod.init; otherwise compute the value "
+        "from shapes and keys only."
+    )
