@@ -27,10 +27,16 @@ demo: $(VENV)/.installed
 	$(BIN)/python examples/quickstart.py
 
 # The whole suite: lint, the tests (which run every docs snippet and every example's
-# --smoke mode), and a strict build of the documentation site. The tests run in one
-# process per core, at most 4 (on 2 cores: 5.5 min instead of 8).
+# --smoke mode), the core tests once more on JAX's own evaluator (LAZYMOD_EVALUATOR=jax,
+# the path the fast evaluator falls back to), and a strict build of the documentation
+# site. The tests run in one process per core, at most 4.
+CORE_TESTS := tests/test_init.py tests/test_seeds.py tests/test_engine.py tests/test_errors.py \
+	tests/test_restore.py tests/test_summary.py tests/test_stateful.py tests/test_threads.py \
+	tests/test_nn.py tests/test_properties.py
+
 test: $(VENV)/.installed-dev lint
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
+	LAZYMOD_EVALUATOR=jax $(BIN)/python -m pytest -q -n auto --maxprocesses 4 $(CORE_TESTS)
 	$(MAKE) docs
 
 docs: $(VENV)/.installed-dev

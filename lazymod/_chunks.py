@@ -4,7 +4,7 @@ Run op by op, JAX compiles every random sampler and every elementwise op once fo
 new shape (about half a second per parameter shape on a CPU); jit-compiling the whole
 construction instead costs minutes for deep models. A `Symbolic` value, built only from
 threefry bits, scalars and elementwise ops, is computed here in fixed-size chunks of its
-flattened form by one compiled program per *structure* (say, "uniform in [a, b)"),
+flattened form by one compiled program per *structure* (`_programs.py`; say, "uniform in [a, b)"),
 whatever its shape and constants. Threefry's bits depend only on the key and the
 element's flat index, so each chunk is bit for bit what the op-by-op (or jitted)
 computation gives for those elements. Small values of one structure are computed side
@@ -23,8 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-from jax.extend.random import threefry2x32_p
+
+from ._programs import packed_program, program
 
 
 # Chunk sizes (elements): small values use the small one, so a 32-wide layer does not
@@ -40,8 +40,6 @@ LARGE_CHUNK = 2**19
 # of small parameters take a few calls, not hundreds.
 PACK_LIMIT = 2**16
 PACK_CHUNK = 2**17
-# Programs compute their elements as rows of `_ROW`, which XLA spreads over the cores.
-_ROW = 2**15
 # How far (in bytes of values) programs are dispatched ahead of the value awaited.
 _IN_FLIGHT_BYTES = 2**26
 
@@ -240,7 +238,7 @@ def _launch_packed(batch: list[_Plan]) -> Any:
         per_element([plan.scalars[i] for plan in batch], scalar.dtype)
         for i, scalar in enumerate(first.scalars)
     ]
-    out = _packed_program(*first.structure)(low, keys, scalars)
+    out = packed_program(*first.structure, PACK_CHUNK)(low, keys, scalars)
 
     def finish() -> list[Any]:
         flat = to_host(out)  # a tracer inside jit, vmap, ...
@@ -264,12 +262,12 @@ def _launch(plan: _Plan) -> Any:
     size = plan.size
     scalar_dtypes = tuple(s.dtype for s in scalars)
     if not root.per_element:
-        out = _program(plan.nodes, scalar_dtypes, 1)(np.zeros(2, np.uint32), keys, scalars, [])
+        out = program(plan.nodes, scalar_dtypes, 1)(np.zeros(2, np.uint32), keys, scalars, [])
         return lambda: to_host(out).reshape(root.shape)
     chunk = chunk_size(size)
-    program = _program(plan.nodes, scalar_dtypes, chunk)
+    compiled = program(plan.nodes, scalar_dtypes, chunk)
     parts = [
-        program(
+        compiled(
             np.array([start >> 32, start & 0xFFFFFFFF], np.uint32),
             keys,
             scalars,
@@ -314,107 +312,3 @@ def _padded(a: Any, length: int) -> Any:
         if isinstance(a, jax.core.Tracer)
         else np.pad(a, (0, length - a.size))
     )
-
-
-@functools.cache
-def _program(nodes: tuple[tuple[Any, ...], ...], scalar_dtypes: tuple[Any, ...], chunk: int):
-    """One compiled program per structure: computes `chunk` consecutive elements
-    (from the flat index `offset`) of the value that `nodes` describe. Values that are
-    not per element are computed once, as 0-d arrays."""
-    del scalar_dtypes  # part of the cache key only
-
-    def run(
-        offset: jax.Array,
-        keys: list[jax.Array],
-        scalars: list[jax.Array],
-        arrays: list[jax.Array],
-    ) -> jax.Array:
-        # The barriers keep XLA from folding constants into, or fusing callers with,
-        # this computation: inlined into an enclosing jit it computes the same bits.
-        scalars, arrays = lax.optimization_barrier((scalars, arrays))
-        shape = _block_shape(chunk)
-        iota = _flat_iota(shape)
-        low = offset[1] + iota
-        high = offset[0] + (low < iota).astype(np.uint32)  # carry into the high word
-        key_words = [(key[0], key[1]) for key in keys]
-        arrays = [a.reshape(shape) for a in arrays]
-        out = _run_nodes(nodes, shape, high, low, key_words, scalars, arrays)
-        return lax.optimization_barrier(out.reshape(chunk))
-
-    return jax.jit(run)
-
-
-@functools.cache
-def _packed_program(nodes: tuple[tuple[Any, ...], ...], scalar_dtypes: tuple[Any, ...], dtype: Any):
-    """One compiled program per structure computing small values side by side in
-    `PACK_CHUNK` elements: every element comes with its flat index
-    `low` in its own value, and that value's keys and scalars."""
-    del scalar_dtypes, dtype  # part of the cache key only
-
-    def run(
-        low: jax.Array,
-        keys: list[tuple[jax.Array, jax.Array]],
-        scalars: list[jax.Array],
-    ) -> jax.Array:
-        low, keys, scalars = lax.optimization_barrier((low, keys, scalars))
-        shape = _block_shape(PACK_CHUNK)
-        low = low.reshape(shape)
-        keys = [(k1.reshape(shape), k2.reshape(shape)) for k1, k2 in keys]
-        scalars = [s.reshape(shape) for s in scalars]
-        out = _run_nodes(nodes, shape, jnp.zeros_like(low), low, keys, scalars, [])
-        return lax.optimization_barrier(out.reshape(PACK_CHUNK))
-
-    return jax.jit(run)
-
-
-def _block_shape(chunk: int) -> tuple[int, ...]:
-    """A chunk's elements as rows of `_ROW` elements: XLA spreads the rows of a 2-d
-    computation over the CPU's cores, not the elements of a 1-d one."""
-    return (chunk // _ROW, _ROW) if chunk >= 2 * _ROW else (chunk,)
-
-
-def _flat_iota(shape: tuple[int, ...]) -> jax.Array:
-    """The row-major flat index of every element of `shape`, as uint32."""
-    if len(shape) == 1:
-        return lax.iota(np.uint32, shape[0])
-    rows = lax.broadcasted_iota(np.uint32, shape, 0)
-    return rows * np.uint32(shape[1]) + lax.broadcasted_iota(np.uint32, shape, 1)
-
-
-def _run_nodes(
-    nodes: tuple[tuple[Any, ...], ...],
-    shape: tuple[int, ...],
-    high: jax.Array,
-    low: jax.Array,
-    keys: list[tuple[jax.Array, jax.Array]],
-    scalars: list[jax.Array],
-    arrays: list[jax.Array],
-) -> jax.Array:
-    """The value `nodes` describe at the flat indices `(high, low)`: the body of both
-    programs. A scalar is 0-d, or has one entry per element (packed values)."""
-    values: list[jax.Array] = []
-
-    def read(ref: tuple[str, int], per_element: bool) -> jax.Array:
-        kind, i = ref
-        x = values[i] if kind == "node" else scalars[i]
-        return jnp.broadcast_to(x, shape) if per_element and x.ndim == 0 else x
-
-    for spec in nodes:
-        if spec[0] == "bits":
-            _, k, width = spec
-            bits1, bits2 = threefry2x32_p.bind(*keys[k], high, low)
-            bits = bits1 ^ bits2
-            if width != 32:
-                bits = lax.convert_element_type(bits, np.dtype(f"uint{width}"))
-            values.append(bits)
-        elif spec[0] == "fill":
-            values.append(read(spec[1], True))
-        elif spec[0] == "value":
-            values.append(read(spec[1], False))
-        elif spec[0] == "array":
-            values.append(arrays[spec[1]])
-        else:
-            _, primitive, params, refs, per_element = spec
-            ins = [read(r, per_element) for r in refs]
-            values.append(primitive.bind(*ins, **dict(params)))
-    return values[-1]

@@ -130,6 +130,13 @@ class Setter(lm.Module):
 SHARED = lm.nn.Linear(3)
 
 
+class CalledTwice(lm.Module):
+    layer: Any
+
+    def __call__(self, x):
+        return self.layer(self.layer(x))
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     name: str
@@ -348,6 +355,17 @@ ROWS = [
         ("must be bool|parameter 'partial'",),
     ),
     Row(
+        "layer-called-again-with-other-shapes",
+        lambda: CalledTwice(lm.nn.Linear(3)),
+        lambda m: lm.init(m, 0, spec(5)),
+        lm.InitError,
+        (
+            r"CalledTwice\.layer \(Linear\): called again during init with inputs "
+            r"\(float32\[3\]\), but it was built on its first call, for inputs \(float32\[5\]\)",
+            "use two layers",
+        ),
+    ),
+    Row(
         "restore-mismatch",
         Model,
         lambda m: lm.restore(m, saved(lm.init(Model(), 0, spec(4))), spec(5)),
@@ -407,6 +425,7 @@ def test_every_row_is_in_the_docs_errors_page():
         "UninitializedError",
         "assigning a field",
         "cannot assign to field",
+        "called again during init",
     ):
         assert phrase in page, phrase
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import lazymod as lm
-from lazymod.nn._conv import (
+from lazymod.nn import (
     Conv,
     Conv1d,
     Conv2d,

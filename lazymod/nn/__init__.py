@@ -31,11 +31,8 @@ from equinox.nn import (
 )
 
 from ._batch_norm import BatchNorm as BatchNorm
-from ._conv import (
-    Conv as Conv,
-    Conv1d as Conv1d,
-    Conv2d as Conv2d,
-    Conv3d as Conv3d,
+from ._conv import Conv as Conv, Conv1d as Conv1d, Conv2d as Conv2d, Conv3d as Conv3d
+from ._conv_transpose import (
     ConvTranspose as ConvTranspose,
     ConvTranspose1d as ConvTranspose1d,
     ConvTranspose2d as ConvTranspose2d,

@@ -1,3 +1,7 @@
+"""Lazy convolutions: `in_channels` is inferred from the input. `Convolution` holds
+what they share with the transposed ones (`_conv_transpose.py`)."""
+
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -10,8 +14,8 @@ from ._lazy import LazyLayer
 
 # The types of the configuration fields once `_hashable` has turned lists into tuples
 # (static fields must be hashable).
-_Size = int | tuple[int, ...]
-_Padding = str | int | tuple[int | tuple[int, int], ...]
+Size = int | tuple[int, ...]
+Padding = str | int | tuple[int | tuple[int, int], ...]
 
 
 def _hashable(value: Any) -> Any:
@@ -21,7 +25,7 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _in_channels(layer: "Conv | ConvTranspose", x: Array) -> int:
+def _in_channels(layer: "Convolution", x: Array) -> int:
     """The input's channel count, after checking its rank and its divisibility by
     `groups`."""
     n = layer.num_spatial_dims
@@ -35,7 +39,50 @@ def _in_channels(layer: "Conv | ConvTranspose", x: Array) -> int:
     return x.shape[0]
 
 
-class Conv(LazyLayer):
+class Convolution(LazyLayer):
+    """What the lazy convolutions share: the Equinox constructor's arguments, less
+    `in_channels` and `key`, stored as static fields of the same names, and a `_build`
+    that passes them on. A subclass names the Equinox class it builds."""
+
+    num_spatial_dims: int = eqx.field(static=True)
+    out_channels: int = eqx.field(static=True)
+    kernel_size: Size = eqx.field(static=True)
+    stride: Size = eqx.field(static=True)
+    padding: Padding = eqx.field(static=True)
+    dilation: Size = eqx.field(static=True)
+    groups: int = eqx.field(static=True)
+    use_bias: bool = eqx.field(static=True)
+    padding_mode: str = eqx.field(static=True)
+    dtype: Any = eqx.field(static=True)
+
+    # The Equinox layer built, and whether its constructor takes `num_spatial_dims`.
+    _equinox: ClassVar[type[eqx.Module]]
+    _general: ClassVar[bool] = True
+
+    def __init__(self, **arguments: Any):
+        """Store the Equinox constructor's arguments, sequences as tuples (static
+        fields must be hashable)."""
+        for name, value in arguments.items():
+            setattr(self, name, _hashable(value))
+
+    def _build(self, x: Array, **_: Any) -> eqx.Module:
+        arguments = {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.metadata.get("static", False)
+        }
+        if not self._general:
+            del arguments["num_spatial_dims"]
+        return self._equinox(**arguments, in_channels=_in_channels(self, x), key=next_key())
+
+    def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
+        """As the Equinox layer's `__call__`: `x` of shape
+        `(in_channels, dim_1, ..., dim_N)`; returns `(out_channels, new_dim_1, ...,
+        new_dim_N)`."""
+        return self._layer_for(x)(x, key=key)
+
+
+class Conv(Convolution):
     """A lazy `equinox.nn.Conv`: `in_channels` is inferred from the input, which has
     shape `(in_channels, dim_1, ..., dim_N)`. After `lazymod.init` it is an
     `eqx.nn.Conv`.
@@ -54,20 +101,7 @@ class Conv(LazyLayer):
         ```
     """
 
-    num_spatial_dims: int = eqx.field(static=True)
-    out_channels: int = eqx.field(static=True)
-    kernel_size: _Size = eqx.field(static=True)
-    stride: _Size = eqx.field(static=True)
-    padding: _Padding = eqx.field(static=True)
-    dilation: _Size = eqx.field(static=True)
-    groups: int = eqx.field(static=True)
-    use_bias: bool = eqx.field(static=True)
-    padding_mode: str = eqx.field(static=True)
-    dtype: Any = eqx.field(static=True)
-
-    # The Equinox layer built, and whether its constructor takes `num_spatial_dims`.
-    _equinox: ClassVar[type[eqx.nn.Conv]] = eqx.nn.Conv
-    _general: ClassVar[bool] = True
+    _equinox: ClassVar[type[eqx.Module]] = eqx.nn.Conv
 
     def __init__(
         self,
@@ -95,39 +129,18 @@ class Conv(LazyLayer):
         - `padding_mode`: `"ZEROS"`, `"REFLECT"`, `"REPLICATE"` or `"CIRCULAR"`.
         - `dtype`: the parameters' dtype (default: JAX's default float dtype).
         """
-        self.num_spatial_dims = num_spatial_dims
-        self.out_channels = out_channels
-        self.kernel_size = _hashable(kernel_size)
-        self.stride = _hashable(stride)
-        self.padding = _hashable(padding)
-        self.dilation = _hashable(dilation)
-        self.groups = groups
-        self.use_bias = use_bias
-        self.padding_mode = padding_mode
-        self.dtype = dtype
-
-    def _build(self, x: Array, **_: Any) -> eqx.nn.Conv:
-        dims = {"num_spatial_dims": self.num_spatial_dims} if self._general else {}
-        return self._equinox(
-            **dims,
-            in_channels=_in_channels(self, x),
-            out_channels=self.out_channels,
-            kernel_size=self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            use_bias=self.use_bias,
-            padding_mode=self.padding_mode,
-            dtype=self.dtype,
-            key=next_key(),
+        super().__init__(
+            num_spatial_dims=num_spatial_dims,
+            out_channels=out_channels,
+            kernel_size=kernel_size,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            use_bias=use_bias,
+            padding_mode=padding_mode,
+            dtype=dtype,
         )
-
-    def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
-        """As `equinox.nn.Conv.__call__`: `x` of shape
-        `(in_channels, dim_1, ..., dim_N)`; returns `(out_channels, new_dim_1, ...,
-        new_dim_N)`."""
-        return self._layer_for(x)(x, key=key)
 
 
 class Conv1d(Conv):
@@ -148,7 +161,7 @@ class Conv1d(Conv):
         ```
     """
 
-    _equinox: ClassVar[type[eqx.nn.Conv]] = eqx.nn.Conv1d
+    _equinox: ClassVar[type[eqx.Module]] = eqx.nn.Conv1d
     _general: ClassVar[bool] = False
 
     def __init__(
@@ -198,7 +211,7 @@ class Conv2d(Conv):
         ```
     """
 
-    _equinox: ClassVar[type[eqx.nn.Conv]] = eqx.nn.Conv2d
+    _equinox: ClassVar[type[eqx.Module]] = eqx.nn.Conv2d
     _general: ClassVar[bool] = False
 
     def __init__(
@@ -246,7 +259,7 @@ class Conv3d(Conv):
         ```
     """
 
-    _equinox: ClassVar[type[eqx.nn.Conv]] = eqx.nn.Conv3d
+    _equinox: ClassVar[type[eqx.Module]] = eqx.nn.Conv3d
     _general: ClassVar[bool] = False
 
     def __init__(
@@ -269,267 +282,6 @@ class Conv3d(Conv):
             kernel_size,
             stride,
             padding,
-            dilation,
-            groups,
-            use_bias,
-            padding_mode,
-            dtype,
-        )
-
-
-class ConvTranspose(LazyLayer):
-    """A lazy `equinox.nn.ConvTranspose`: `in_channels` is inferred from the input,
-    which has shape `(in_channels, dim_1, ..., dim_N)`. After `lazymod.init` it is an
-    `eqx.nn.ConvTranspose`.
-
-    !!! example
-
-        ```python
-        import equinox as eqx
-        import jax
-        import jax.numpy as jnp
-        import lazymod as lm
-
-        up = lm.nn.ConvTranspose(2, out_channels=3, kernel_size=4, stride=2, padding=1)
-        up = lm.init(up, 0, jax.ShapeDtypeStruct((8, 16, 16), jnp.float32))
-        assert type(up) is eqx.nn.ConvTranspose and up.weight.shape == (3, 8, 4, 4)
-        assert up(jnp.ones((8, 16, 16))).shape == (3, 32, 32)
-        ```
-    """
-
-    num_spatial_dims: int = eqx.field(static=True)
-    out_channels: int = eqx.field(static=True)
-    kernel_size: _Size = eqx.field(static=True)
-    stride: _Size = eqx.field(static=True)
-    padding: _Padding = eqx.field(static=True)
-    output_padding: _Size = eqx.field(static=True)
-    dilation: _Size = eqx.field(static=True)
-    groups: int = eqx.field(static=True)
-    use_bias: bool = eqx.field(static=True)
-    padding_mode: str = eqx.field(static=True)
-    dtype: Any = eqx.field(static=True)
-
-    # The Equinox layer built, and whether its constructor takes `num_spatial_dims`.
-    _equinox: ClassVar[type[eqx.nn.ConvTranspose]] = eqx.nn.ConvTranspose
-    _general: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        num_spatial_dims: int,
-        out_channels: int,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] = 1,
-        padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = 0,
-        output_padding: int | Sequence[int] = 0,
-        dilation: int | Sequence[int] = 1,
-        groups: int = 1,
-        use_bias: bool = True,
-        padding_mode: str = "ZEROS",
-        dtype: Any = None,
-    ):
-        """**Arguments:** as `equinox.nn.ConvTranspose`, less `in_channels` and
-        `key`.
-
-        - `num_spatial_dims`: the number of spatial dimensions (`2` for images).
-        - `out_channels`: the number of output channels.
-        - `kernel_size`, `stride`, `padding`, `output_padding`, `dilation`: an int for
-            every spatial dimension, or one value per dimension; `stride` and `padding`
-            are those of the equivalent `equinox.nn.Conv`.
-        - `groups`: the number of input channel groups; the inferred `in_channels` must
-            be divisible by it.
-        - `use_bias`: whether to add a bias.
-        - `padding_mode`: `"ZEROS"` or `"CIRCULAR"`.
-        - `dtype`: the parameters' dtype (default: JAX's default float dtype).
-        """
-        self.num_spatial_dims = num_spatial_dims
-        self.out_channels = out_channels
-        self.kernel_size = _hashable(kernel_size)
-        self.stride = _hashable(stride)
-        self.padding = _hashable(padding)
-        self.output_padding = _hashable(output_padding)
-        self.dilation = _hashable(dilation)
-        self.groups = groups
-        self.use_bias = use_bias
-        self.padding_mode = padding_mode
-        self.dtype = dtype
-
-    def _build(self, x: Array, **_: Any) -> eqx.nn.ConvTranspose:
-        dims = {"num_spatial_dims": self.num_spatial_dims} if self._general else {}
-        return self._equinox(
-            **dims,
-            in_channels=_in_channels(self, x),
-            out_channels=self.out_channels,
-            kernel_size=self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            output_padding=self.output_padding,
-            dilation=self.dilation,
-            groups=self.groups,
-            use_bias=self.use_bias,
-            padding_mode=self.padding_mode,
-            dtype=self.dtype,
-            key=next_key(),
-        )
-
-    def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
-        """As `equinox.nn.ConvTranspose.__call__`: `x` of shape
-        `(in_channels, dim_1, ..., dim_N)`; returns `(out_channels, new_dim_1, ...,
-        new_dim_N)`."""
-        return self._layer_for(x)(x, key=key)
-
-
-class ConvTranspose1d(ConvTranspose):
-    """A lazy `equinox.nn.ConvTranspose1d`: as [`lazymod.nn.ConvTranspose`][] with
-    `num_spatial_dims=1`. After `lazymod.init` it is an `eqx.nn.ConvTranspose1d`.
-
-    !!! example
-
-        ```python
-        import equinox as eqx
-        import jax
-        import jax.numpy as jnp
-        import lazymod as lm
-
-        up = lm.init(lm.nn.ConvTranspose1d(2, 3, stride=2), 0, jnp.ones((6, 10)))
-        assert type(up) is eqx.nn.ConvTranspose1d and up.weight.shape == (2, 6, 3)
-        assert up(jnp.ones((6, 10))).shape == (2, 21)
-        ```
-    """
-
-    _equinox: ClassVar[type[eqx.nn.ConvTranspose]] = eqx.nn.ConvTranspose1d
-    _general: ClassVar[bool] = False
-
-    # As in Equinox, `output_padding` comes before `padding` here, unlike in
-    # `ConvTranspose`.
-    def __init__(
-        self,
-        out_channels: int,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] = 1,
-        output_padding: int | Sequence[int] = 0,
-        padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = 0,
-        dilation: int | Sequence[int] = 1,
-        groups: int = 1,
-        use_bias: bool = True,
-        padding_mode: str = "ZEROS",
-        dtype: Any = None,
-    ):
-        """**Arguments:** as `equinox.nn.ConvTranspose1d`, less `in_channels` and
-        `key`; see [`lazymod.nn.ConvTranspose`][]. As in Equinox, `output_padding`
-        comes before `padding`."""
-        super().__init__(
-            1,
-            out_channels,
-            kernel_size,
-            stride,
-            padding,
-            output_padding,
-            dilation,
-            groups,
-            use_bias,
-            padding_mode,
-            dtype,
-        )
-
-
-class ConvTranspose2d(ConvTranspose):
-    """A lazy `equinox.nn.ConvTranspose2d`: as [`lazymod.nn.ConvTranspose`][] with
-    `num_spatial_dims=2`. After `lazymod.init` it is an `eqx.nn.ConvTranspose2d`.
-
-    !!! example
-
-        ```python
-        import equinox as eqx
-        import jax
-        import jax.numpy as jnp
-        import lazymod as lm
-
-        up = lm.nn.ConvTranspose2d(3, kernel_size=2, stride=2)
-        up = lm.init(up, 0, jax.ShapeDtypeStruct((8, 16, 16), jnp.float32))
-        assert type(up) is eqx.nn.ConvTranspose2d and up.in_channels == 8
-        assert up(jnp.ones((8, 16, 16))).shape == (3, 32, 32)
-        ```
-    """
-
-    _equinox: ClassVar[type[eqx.nn.ConvTranspose]] = eqx.nn.ConvTranspose2d
-    _general: ClassVar[bool] = False
-
-    def __init__(
-        self,
-        out_channels: int,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] = (1, 1),
-        output_padding: int | Sequence[int] = (0, 0),
-        padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = (0, 0),
-        dilation: int | Sequence[int] = (1, 1),
-        groups: int = 1,
-        use_bias: bool = True,
-        padding_mode: str = "ZEROS",
-        dtype: Any = None,
-    ):
-        """**Arguments:** as `equinox.nn.ConvTranspose2d`, less `in_channels` and
-        `key`; see [`lazymod.nn.ConvTranspose`][]. As in Equinox, `output_padding`
-        comes before `padding`."""
-        super().__init__(
-            2,
-            out_channels,
-            kernel_size,
-            stride,
-            padding,
-            output_padding,
-            dilation,
-            groups,
-            use_bias,
-            padding_mode,
-            dtype,
-        )
-
-
-class ConvTranspose3d(ConvTranspose):
-    """A lazy `equinox.nn.ConvTranspose3d`: as [`lazymod.nn.ConvTranspose`][] with
-    `num_spatial_dims=3`. After `lazymod.init` it is an `eqx.nn.ConvTranspose3d`.
-
-    !!! example
-
-        ```python
-        import equinox as eqx
-        import jax
-        import jax.numpy as jnp
-        import lazymod as lm
-
-        up = lm.nn.ConvTranspose3d(2, 2, stride=2)
-        up = lm.init(up, 0, jax.ShapeDtypeStruct((4, 5, 5, 5), jnp.float32))
-        assert type(up) is eqx.nn.ConvTranspose3d and up.weight.shape == (2, 4, 2, 2, 2)
-        assert up(jnp.ones((4, 5, 5, 5))).shape == (2, 10, 10, 10)
-        ```
-    """
-
-    _equinox: ClassVar[type[eqx.nn.ConvTranspose]] = eqx.nn.ConvTranspose3d
-    _general: ClassVar[bool] = False
-
-    def __init__(
-        self,
-        out_channels: int,
-        kernel_size: int | Sequence[int],
-        stride: int | Sequence[int] = (1, 1, 1),
-        output_padding: int | Sequence[int] = (0, 0, 0),
-        padding: str | int | Sequence[int] | Sequence[tuple[int, int]] = (0, 0, 0),
-        dilation: int | Sequence[int] = (1, 1, 1),
-        groups: int = 1,
-        use_bias: bool = True,
-        padding_mode: str = "ZEROS",
-        dtype: Any = None,
-    ):
-        """**Arguments:** as `equinox.nn.ConvTranspose3d`, less `in_channels` and
-        `key`; see [`lazymod.nn.ConvTranspose`][]. As in Equinox, `output_padding`
-        comes before `padding`."""
-        super().__init__(
-            3,
-            out_channels,
-            kernel_size,
-            stride,
-            padding,
-            output_padding,
             dilation,
             groups,
             use_bias,

@@ -10,15 +10,16 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .._context import describe
 from .._errors import InitError
+from .._module import Module
 from .._sentinels import is_initialized, is_sentinel, lazy
 from .._tree import init_result
-from ._lazy import LazyLayer
 
 
-class Wrapper(LazyLayer):
-    """What `WeightNorm` and `SpectralNorm` share. Unlike other lazy layers, `layer` is
-    the wrapped layer (as in Equinox, so that paths and error messages read
-    `WeightNorm.layer`), and the built Equinox wrapper goes to `built`."""
+class Wrapper(Module):
+    """What `WeightNorm` and `SpectralNorm` share. `layer` is the wrapped layer (as in
+    Equinox, so that paths and error messages read `WeightNorm.layer`), and `built` the
+    Equinox wrapper built around it. (Not a `LazyLayer`, whose `layer` is the layer it
+    built.)"""
 
     weight_name: eqx.AbstractVar[str]
     built: Any = lazy()
