@@ -336,6 +336,13 @@ def in_init_trace() -> Iterator[None]:
         yield
 
 
+def init_is_running(module: Any) -> bool:
+    """Whether a running `lazymod.init` is running `module` (any of its calls, not only
+    the first): a stochastic layer then draws its key with `next_key`."""
+    context = _current.get()
+    return context is not None and context.path_of(module) is not None
+
+
 def describe(module: Any) -> str:
     """Where `module` sits in the tree being initialized, as an error message names it
     (`Model.layers[0]`); its type name outside init."""

@@ -1,5 +1,5 @@
 """Evaluate the jaxpr traced by `lazymod.init` without compiling one program per
-parameter shape: the fast evaluator behind `lazymod._values.evaluate`.
+parameter shape: the fast evaluator behind `_values.evaluate_constants`.
 
 A value built only from `random_bits` (threefry), scalars and elementwise ops stays
 `Symbolic` until needed, and is then computed in chunks (`_chunks.py`). Keys are derived
@@ -25,7 +25,7 @@ from ._host_keys import HostKeys
 
 
 # What the evaluator raises when JAX's internals are not what it expects.
-UNSUPPORTED = (AttributeError, ImportError, NotImplementedError)
+UNSUPPORTED = (AttributeError, ImportError, KeyError, NotImplementedError, TypeError)
 
 _ELEMENTWISE = frozenset(
     """abs acos acosh add and asin asinh atan atan2 atanh bitcast_convert_type cbrt ceil clamp clz

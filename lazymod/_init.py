@@ -156,13 +156,14 @@ def init_shapes(
         ```
     """
 
-    def run(module: Any, key: Any, *args: Any, **kwargs: Any) -> Any:
+    def run(module: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         result, _ = initialize(
             module, key, args=args, kwargs=kwargs, method=method, partial=partial, abstract=True
         )
         return result
 
-    return eqx.filter_eval_shape(run, module, abstract_key(), *args, **kwargs)
+    # The forward pass's own keyword arguments (a `key=` among them) travel as one dict.
+    return eqx.filter_eval_shape(run, module, abstract_key(), args, kwargs)
 
 
 def initialize(

@@ -88,7 +88,7 @@ def summary(
         outputs.append(_shapes_only(out))  # no tracer may outlive init's trace
         return out
 
-    def build(model: Any, key: Any, *args: Any, **kwargs: Any) -> Any:
+    def build(model: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return initialize(
             model,
             key,
@@ -99,7 +99,8 @@ def summary(
             abstract=True,
         )
 
-    shapes, intermediates = eqx.filter_eval_shape(build, model, abstract_key(), *args, **kwargs)
+    # The forward pass's own keyword arguments (a `key=` among them) travel as one dict.
+    shapes, intermediates = eqx.filter_eval_shape(build, model, abstract_key(), args, kwargs)
     root_output = outputs[-1] if outputs else None
     return _tabulate(shapes, intermediates, root_output, function is not None)
 

@@ -1,5 +1,5 @@
 """The values of a traced init: which outputs of the jaxpr depend on the input specs,
-and the computation of the others, by one of two evaluators behind `evaluate`.
+and the computation of the others, by one of two evaluators behind `evaluate_constants`.
 
 - `"fast"` (the default, `_evaluate.py`): computes random values in chunks with one
   compiled program per structure, and keys in NumPy. It relies on JAX internals
@@ -58,7 +58,7 @@ def compute(module: Any, traced: Traced, *, abstract: bool, on_device: bool) -> 
             for var in jaxpr.outvars
         ]
     keep = [not d for d in depends]
-    computed = iter(evaluate(traced.jaxpr, keep, on_device=on_device))
+    computed = iter(evaluate_constants(traced.jaxpr, keep, on_device=on_device))
     return [
         _as_array(next(computed), var.aval) if k else jax.ShapeDtypeStruct(shape.shape, shape.dtype)
         for k, shape, var in zip(keep, traced.out_shapes, jaxpr.outvars)
@@ -74,7 +74,9 @@ def depends_on_inputs(jaxpr: jex_core.Jaxpr) -> list[bool]:
     return [isinstance(v, jex_core.Var) and v in tainted for v in jaxpr.outvars]
 
 
-def evaluate(closed: jex_core.ClosedJaxpr, keep: list[bool], *, on_device: bool) -> list[Any]:
+def evaluate_constants(
+    closed: jex_core.ClosedJaxpr, keep: list[bool], *, on_device: bool
+) -> list[Any]:
     """The outputs of `closed` marked in `keep` (none may depend on its inputs),
     running only the equations they need, with the evaluator `LAZYMOD_EVALUATOR`
     names."""

@@ -254,9 +254,11 @@ def test_namespace_is_a_drop_in_for_equinox_nn():
     public = {name for name in dir(eqx.nn) if not name.startswith("_")}
     missing = {name for name in public if not hasattr(lm.nn, name)}
     assert not missing, f"lazymod.nn lacks {sorted(missing)}"
-    # Names that need no shapes are Equinox's own objects.
-    for name in ("Embedding", "Dropout", "MaxPool2d", "Identity", "Lambda", "Sequential"):
+    # Names lazymod has no reason to change are Equinox's own objects.
+    for name in ("Embedding", "MaxPool2d", "Identity", "Lambda", "Sequential"):
         assert getattr(lm.nn, name) is getattr(eqx.nn, name)
+    # Dropout needs a key in the forward pass, which init draws (an eqx.nn.Dropout).
+    assert issubclass(lm.nn.Dropout, eqx.nn.Dropout)
 
 
 def test_is_initialized_sees_lazy_layers_before_init_only():
@@ -300,3 +302,63 @@ def test_shared_ties_weights_of_lazy_layers():
 
     with pytest.raises(lm.InitError, match=r"Mismatched.shared \(Shared\): equinox.nn.Shared"):
         lm.init(Mismatched(), 0, spec(5, dtype=jnp.int32))
+
+
+# --- stochastic layers at init ------------------------------------------------------
+
+
+class Noisy(lm.Module):
+    linear: lm.nn.Linear
+    dropout: lm.nn.Dropout
+    attention: lm.nn.MultiheadAttention
+
+    def __init__(self):
+        self.linear = lm.nn.Linear(8)
+        self.dropout = lm.nn.Dropout(0.5)
+        self.attention = lm.nn.MultiheadAttention(2, 8, dropout_p=0.5)
+
+    def __call__(self, x, *, key=None):  # x: (tokens, features)
+        keys = [None] * 4 if key is None else list(jax.random.split(key, 4))
+        h = self.dropout(jax.vmap(self.linear)(x), key=keys[0])
+        h = self.attention(h, h, h, key=keys[1])
+        h = self.dropout(h, key=keys[2])  # each applied twice
+        return self.attention(h, h, h, key=keys[3])
+
+
+def test_dropout_and_attention_dropout_draw_their_keys_at_init():
+    model = lm.init(Noisy(), 0, spec(5, 3))  # no key=: drawn from the "dropout" stream
+    assert type(model.dropout) is eqx.nn.Dropout and model.dropout.p == 0.5
+    assert type(model.attention) is eqx.nn.MultiheadAttention
+    # The parameters do not depend on the dropout keys, however they are given.
+    with_key = lm.init(Noisy(), 0, spec(5, 3), key=jax.random.key(7))
+    with_stream = lm.init(
+        Noisy(), {"params": jax.random.key(0), "dropout": jax.random.key(1)}, spec(5, 3)
+    )
+    assert tree_bit_equal(model, with_key) and tree_bit_equal(model, with_stream)
+    # After init they are Equinox's layers: training needs a key, as in Equinox.
+    with pytest.raises(RuntimeError, match="Dropout requires a key"):
+        model(jnp.ones((5, 3)))
+    assert model(jnp.ones((5, 3)), key=jax.random.key(2)).shape == (5, 8)
+
+
+def test_the_dropout_stream_is_the_one_drawn():
+    class OnlyDropout(lm.Module):
+        dropout: lm.nn.Dropout
+
+        def __call__(self, x):
+            return self.dropout(x)
+
+    model = lm.init(OnlyDropout(lm.nn.Dropout(0.2)), {"dropout": jax.random.key(0)}, spec(3))
+    assert type(model.dropout) is eqx.nn.Dropout
+    with pytest.raises(lm.InitError, match="stream 'dropout' and there is no 'params'"):
+        lm.init(OnlyDropout(lm.nn.Dropout(0.2)), {"other": jax.random.key(0)}, spec(3))
+
+
+def test_forward_key_reaches_shapes_summary_and_restore(tmp_path):
+    model = lm.init(Noisy(), 0, spec(5, 3), key=jax.random.key(7))
+    shapes = lm.init_shapes(Noisy(), spec(5, 3), key=jax.random.key(7))
+    assert shapes.linear.weight == jax.ShapeDtypeStruct((8, 3), jnp.float32)
+    assert "linear" in lm.summary(Noisy(), spec(5, 3), key=jax.random.key(7))
+    eqx.tree_serialise_leaves(tmp_path / "noisy.eqx", model)
+    restored = lm.restore(Noisy(), tmp_path / "noisy.eqx", spec(5, 3), key=jax.random.key(7))
+    assert tree_bit_equal(restored, model)
