@@ -1,10 +1,11 @@
 """The state of one running `lazymod.init`, as data keyed by path.
 
-Init works on a copy of the user's tree (the working copy). Each `lazymod.Module` in it
-knows its own path: the working module carries a `Tag`, and its placeholders are
-`TaggedPlaceholder`s, whose static tag survives the copies a forward pass makes. What
+Init works on a copy of the user's tree (the working copy), which it holds while it
+runs. Each `lazymod.Module` in it is known by its path: the context maps the working
+modules to their paths, and their placeholders are `TaggedPlaceholder`s, whose static
+tag survives the copies a forward pass makes (`eqx.filter_vmap`, `eqx.tree_at`). What
 `rng_init` and `if self.initializing():` blocks assign is recorded by (path, field);
-the module at that path in the working copy, which parents read, holds the same value.
+the working module at that path, which parents read, holds the same value.
 The state lives in a `ContextVar`, so inits in different threads never meet.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import jax
 import jax.tree_util as jtu
+import numpy as np
 from jax.extend import core as jex_core
 from jaxtyping import PRNGKeyArray
 
@@ -27,10 +29,6 @@ from ._keys import DEFAULT_STREAM, derive_key
 from ._paths import KeyPath, path_str
 from ._sentinels import field_items, Placeholder, Tag, TaggedPlaceholder
 
-
-# The instance attribute holding a working module's `Tag` (not a dataclass field, so
-# neither flattening nor the returned tree ever sees it).
-TAG_ATTRIBUTE = "__lazymod_tag__"
 
 _numbers = itertools.count()
 
@@ -53,13 +51,16 @@ class InitContext:
         self.root_name = root_name  # the type name of the tree being initialized
         self.phase = Phase.INITIALIZERS
         self.modules: dict[KeyPath, Any] = {}  # the working copy's lm.Modules
+        # The same modules' paths by identity: `modules` holds them, so no id is reused.
+        self.paths: dict[int, KeyPath] = {}
         self.record: dict[KeyPath, dict[str, Any]] = {}  # what init assigned
         self.assigned_in: dict[tuple[KeyPath, str], int] = {}  # by which call (0: rng_init)
-        self.unfilled: dict[KeyPath, set[str]] = {}  # fields still holding a placeholder
         self.initializer_fields: set[tuple[KeyPath, str]] = set()  # filled by phase 1
         self.calls: dict[KeyPath, int] = {}  # outermost calls started, by path
         self.running_calls: dict[KeyPath, int] = {}  # calls running now, by path
-        self.first_inputs: dict[KeyPath, Any] = {}  # the inputs of the first call
+        self.captured: dict[KeyPath, int] = {}  # `__call__` outputs captured, by path
+        # The inputs of the first call of each method, by (path, method name).
+        self.first_inputs: dict[tuple[KeyPath, str], Any] = {}
         self.stack: list[KeyPath] = []  # the modules whose code runs, innermost last
         self.counters: dict[tuple[KeyPath, Phase, str], int] = {}
         self.intermediates: dict[str, Any] | None = {} if capture else None
@@ -71,51 +72,38 @@ class InitContext:
     # --- the working copy ------------------------------------------------------------
 
     def register(self, module: Any, path: KeyPath) -> None:
-        """Tag a working module with its path, and its placeholders too."""
-        object.__setattr__(module, TAG_ATTRIBUTE, Tag(self.number, path))
+        """Record a working module's path, and tag its placeholders with it."""
         self.modules[path] = module
-        unfilled = set()
+        self.paths[id(module)] = path
         tag = Tag(self.number, path)
         for name, value in field_items(module):
             if isinstance(value, Placeholder):
                 object.__setattr__(module, name, TaggedPlaceholder(tag))
-                unfilled.add(name)
-        self.unfilled[path] = unfilled
 
     def path_of(self, module: Any) -> KeyPath | None:
         """The path of `module` if it is a module of this init's working copy, or a
-        copy of one made while init runs; `None` for any other object."""
-        attributes = getattr(module, "__dict__", None)
-        if attributes is None:
-            return None
-        tag = attributes.get(TAG_ATTRIBUTE)
-        if tag is None:  # a copy: its placeholders carry the tag
-            for value in attributes.values():
-                if type(value) is TaggedPlaceholder:
-                    tag = value.tag
-                    break
-            else:
-                return None
-        return tag.path if tag.init == self.number else None
+        copy of one made while init runs (found by its tagged placeholders); `None`
+        for any other object."""
+        path = self.paths.get(id(module))
+        if path is not None:
+            return path
+        for value in getattr(module, "__dict__", {}).values():
+            if type(value) is TaggedPlaceholder and value.tag.init == self.number:
+                return value.tag.path
+        return None
 
     def initializing(self, path: KeyPath) -> bool:
-        """Whether the module at `path` may assign its fields now: during `rng_init`,
-        during its first call, and during later calls while a field still holds a
-        placeholder. Later calls use what the first one built."""
-        if self.phase is Phase.RNG_INIT:
-            return True
-        if self.phase is not Phase.CALL:
-            return False
-        calls = self.calls.get(path, 0)
-        if calls == 0 or self.unfilled[path]:
-            return True
-        return calls == 1 and self.running_calls.get(path, 0) > 0
+        """Whether the module at `path` may assign its fields now: while init runs its
+        `rng_init` or any of its calls. (What a later call assigns to a field an
+        earlier one set is dropped: see `assign`.)"""
+        del path  # the same for every module of this init
+        return self.phase is Phase.RNG_INIT or self.phase is Phase.CALL
 
     def assign(self, module: Any, path: KeyPath, name: str, value: Any) -> None:
         """Record `module.name = value`. Two assignments are dropped: to a field that
         held an array when init started (init never replaces an array, so a trained
         model stays trained), and to a field that an earlier call of the module set
-        (a module is built once, by its first call)."""
+        (a module is built once, and later calls use what it built)."""
         if name not in _field_names(type(module)):
             raise AttributeError(
                 f"{type(module).__name__} has no field {name!r}. Declare it in the "
@@ -131,7 +119,6 @@ class InitContext:
             return
         self.assigned_in[(path, name)] = call
         self.record.setdefault(path, {})[name] = value
-        self.unfilled[path].discard(name)
         object.__setattr__(module, name, value)
         working = self.modules[path]
         if working is not module:  # a copy the forward pass made: parents read `working`
@@ -141,14 +128,16 @@ class InitContext:
         if (path, name) in self.initializer_fields:
             return False
         value = getattr(self.modules[path], name, None)
-        return any(isinstance(leaf, jax.Array) for leaf in jtu.tree_leaves(value))
+        return any(isinstance(leaf, jax.Array | np.ndarray) for leaf in jtu.tree_leaves(value))
 
     def sync(self, module: Any, path: KeyPath) -> None:
-        """Give a copy made during the forward pass what init assigned at its path."""
+        """Give a copy made during the forward pass (before init assigned at its path)
+        what init assigned there, in the fields where it still holds a placeholder:
+        a field the forward pass itself replaced (`eqx.tree_at`) is left alone."""
         if module is self.modules[path]:
             return
         for name, value in self.record.get(path, {}).items():
-            if module.__dict__.get(name) is not value:
+            if isinstance(module.__dict__.get(name), Placeholder):
                 object.__setattr__(module, name, value)
 
     # --- running modules -------------------------------------------------------------
@@ -160,11 +149,11 @@ class InitContext:
         first call may build, later ones reuse; `__call__` outputs may be captured."""
         self.sync(module, path)
         outermost = self.running_calls.get(path, 0) == 0
-        number = self.calls.get(path, 0)
+        first = (path, method.__name__) not in self.first_inputs
         if outermost:
-            self.calls[path] = number + 1
-            if number == 0:
-                self.first_inputs[path] = (args, kwargs)
+            self.calls[path] = self.calls.get(path, 0) + 1
+            if first:
+                self.first_inputs[(path, method.__name__)] = (args, kwargs)
         self.running_calls[path] = self.running_calls.get(path, 0) + 1
         self.stack.append(path)
         try:
@@ -172,20 +161,23 @@ class InitContext:
         except (InitError, UninitializedError):
             raise
         except Exception as error:
-            if outermost and number > 0:
-                self._raise_called_again(module, path, args, kwargs, error)
+            if outermost and not first:
+                self._raise_called_again(module, path, method.__name__, args, kwargs, error)
             raise
         finally:
             self.stack.pop()
             self.running_calls[path] -= 1
         if outermost and self.intermediates is not None and method.__name__ == "__call__":
+            number = self.captured.get(path, 0)
+            self.captured[path] = number + 1
             self.capture(path, number, out)
         return out
 
     def _raise_called_again(
-        self, module: Any, path: KeyPath, args: Any, kwargs: Any, error: Exception
+        self, module: Any, path: KeyPath, name: str, args: Any, kwargs: Any, error: Exception
     ) -> None:
-        first, now = describe_inputs(*self.first_inputs[path]), describe_inputs(args, kwargs)
+        first = describe_inputs(*self.first_inputs[(path, name)])
+        now = describe_inputs(args, kwargs)
         if first == now:
             return
         raise InitError(
@@ -275,6 +267,7 @@ class InitContext:
         """Forget the working copy, the record and the captured outputs, which hold
         tracers of the trace that has ended."""
         self.modules.clear()
+        self.paths.clear()
         self.record.clear()
         self.assigned_in.clear()
         self.first_inputs.clear()
@@ -334,13 +327,6 @@ def in_init_trace() -> Iterator[None]:
         return
     with jex_core.set_current_trace(context.trace):
         yield
-
-
-def init_is_running(module: Any) -> bool:
-    """Whether a running `lazymod.init` is running `module` (any of its calls, not only
-    the first): a stochastic layer then draws its key with `next_key`."""
-    context = _current.get()
-    return context is not None and context.path_of(module) is not None
 
 
 def describe(module: Any) -> str:

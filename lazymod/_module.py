@@ -67,14 +67,13 @@ class Module(LazyNode):
         return init(self, key, *args, **kwargs)
 
     def initializing(self) -> bool:
-        """True while `lazymod.init` runs this module's `rng_init`, and during its
-        first call in the forward pass (later calls in the same init too, while a
-        field still holds a `lazymod.lazy()` placeholder); False at every other time,
-        including every call after init.
+        """True while `lazymod.init` runs this module's `rng_init` or its calls in the
+        forward pass; False at every other time, including every call after init.
 
         Inside `if self.initializing():` the module may assign its own fields and draw
-        keys with [`lazymod.next_key`][]. A later call of the same module in the same
-        init uses what the first call built.
+        keys with [`lazymod.next_key`][]. A module is built once: what a later call in
+        the same init assigns to a field an earlier call set is dropped, and init
+        never replaces a field that held an array when it started.
         """
         context = current_context()
         if context is None:

@@ -95,6 +95,8 @@ def restore(
                 break
             if is_array and (found.shape != like.shape or found.dtype != like.dtype):
                 mismatches.append(f"{where}: expected {_describe(like)}, found {_describe(found)}")
+            elif is_array:
+                found = _weak_as_made(found, like)
             values.append(found)
         left_over = not mismatches or "ends before" not in mismatches[-1]
         left_over = left_over and file.read(1) != b""
@@ -114,6 +116,16 @@ def restore(
             "(shapes) and constructor arguments the checkpoint was saved with."
         )
     return jtu.tree_unflatten(treedef, values)
+
+
+def _weak_as_made(found: jax.Array, like: jax.ShapeDtypeStruct) -> jax.Array:
+    """A weakly typed scalar (`jnp.array(1.0)`, PReLU's default slope) as init makes
+    it: weakly typed again, so that it promotes in the forward pass as it did (the file
+    keeps only its dtype)."""
+    if not getattr(like, "weak_type", False) or like.shape != ():
+        return found
+    weak = jnp.asarray(found.item())  # a Python scalar: weakly typed
+    return weak if weak.dtype == found.dtype else found
 
 
 def _describe(leaf: Any) -> str:

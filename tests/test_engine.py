@@ -262,3 +262,103 @@ def test_the_fast_evaluator_falls_back_to_jax_with_one_warning(monkeypatch):
     monkeypatch.setenv(_values.EVALUATOR_VARIABLE, "jax")
     assert tree_bit_equal(first, lm.init(lm.nn.MLP(4, 8, 1), 0, spec(3)))
     assert not tree_bit_equal(first, second)
+
+
+# --- what the review found ----------------------------------------------------------
+
+
+class Holder(lm.Module):
+    layer: lm.nn.Linear
+
+    def __call__(self, x):
+        return self.layer(x)
+
+
+def test_the_result_is_the_pytree_written_by_hand():
+    model = lm.init(Holder(lm.nn.Linear(3)), 0, spec(4))
+    by_hand = Holder(eqx.nn.Linear(4, 3, key=jax.random.key(0)))
+    assert set(vars(model)) == {"layer"}  # nothing of init's bookkeeping is left
+    assert jax.tree.structure(model) == jax.tree.structure(by_hand)
+    assert eqx.filter_jit(model)(jnp.ones(4)).shape == (3,)
+    jax.tree.map(
+        lambda a, b: a - b, eqx.filter(model, eqx.is_array), eqx.filter(by_hand, eqx.is_array)
+    )
+
+
+class Masked(lm.Module):
+    w: jax.Array = lm.lazy()
+    b: jax.Array = lm.lazy()
+
+    def rng_init(self):
+        self.w = jnp.ones((3, 3))
+
+    def __call__(self, x):
+        if self.initializing():
+            self.b = -(x @ self.w).mean(0)  # data-dependent, from real inputs
+        return x @ self.w + self.b
+
+
+class EditsACopy(lm.Module):
+    masked: Masked
+
+    def __call__(self, x):
+        return eqx.tree_at(lambda m: m.w, self.masked, jnp.triu(self.masked.w))(x)
+
+
+def test_a_copy_edited_by_the_forward_pass_keeps_its_edit():
+    x = jnp.arange(6.0).reshape(2, 3)
+    model = lm.init(EditsACopy(Masked()), 0, x)
+    np.testing.assert_allclose(model.masked.b, -(x @ jnp.triu(jnp.ones((3, 3)))).mean(0))
+
+
+class WithHelper(lm.Module):
+    w: jax.Array | None = None
+
+    def out_size(self):
+        return 3
+
+    def __call__(self, x):
+        if self.initializing():
+            self.w = jnp.ones((x.shape[-1], self.out_size()))
+        return x @ self.w
+
+
+class CallsTheHelperFirst(lm.Module):
+    inner: WithHelper
+
+    def __call__(self, x):
+        assert self.inner.out_size() == 3
+        return self.inner(x)
+
+
+def test_a_helper_method_called_first_does_not_stop_the_build():
+    _, captured = lm.init(CallsTheHelperFirst(WithHelper()), 0, spec(4), capture_intermediates=True)
+    model = lm.init(CallsTheHelperFirst(WithHelper()), 0, spec(4))
+    assert model.inner.w.shape == (4, 3)
+    assert set(captured) == {"inner"}
+
+
+class FilledLater(lm.Module):
+    w: jax.Array | None = None
+
+    def __call__(self, x, use):
+        if use and self.initializing():
+            self.w = jnp.ones(x.shape)
+        return x * self.w if use else x
+
+
+def test_a_none_field_may_be_filled_by_a_later_call():
+    class Parent(lm.Module):
+        inner: FilledLater
+
+        def __call__(self, x):
+            return self.inner(self.inner(x, False), True)
+
+    assert lm.init(Parent(FilledLater()), 0, spec(3)).inner.w.shape == (3,)
+
+
+def test_numpy_arrays_are_kept_too():
+    model = lm.init(Lin(), 0, spec(3))
+    loaded = eqx.tree_at(lambda m: m.w, model, np.zeros((3, 2), np.float32))
+    assert (np.asarray(lm.init(loaded, 0, spec(3)).w) == 0).all()
+    assert (np.asarray(eqx.filter_jit(lm.init)(loaded, 0, spec(3)).w) == 0).all()

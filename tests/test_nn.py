@@ -2,6 +2,8 @@
 containers, Sequential, Shared and user modules. Each layer family has its own file
 (test_nn_conv.py, test_nn_norm.py, ...)."""
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -255,7 +257,7 @@ def test_namespace_is_a_drop_in_for_equinox_nn():
     missing = {name for name in public if not hasattr(lm.nn, name)}
     assert not missing, f"lazymod.nn lacks {sorted(missing)}"
     # Names lazymod has no reason to change are Equinox's own objects.
-    for name in ("Embedding", "MaxPool2d", "Identity", "Lambda", "Sequential"):
+    for name in ("MaxPool2d", "Identity", "Lambda", "Sequential"):
         assert getattr(lm.nn, name) is getattr(eqx.nn, name)
     # Dropout needs a key in the forward pass, which init draws (an eqx.nn.Dropout).
     assert issubclass(lm.nn.Dropout, eqx.nn.Dropout)
@@ -362,3 +364,51 @@ def test_forward_key_reaches_shapes_summary_and_restore(tmp_path):
     eqx.tree_serialise_leaves(tmp_path / "noisy.eqx", model)
     restored = lm.restore(Noisy(), tmp_path / "noisy.eqx", spec(5, 3), key=jax.random.key(7))
     assert tree_bit_equal(restored, model)
+
+
+# --- layers seeded by init that Equinox builds with a key --------------------------
+
+
+def test_embedding_is_seeded_by_init_exactly_as_equinox_draws_it():
+    class ByHand(lm.Module):
+        weight: jax.Array = lm.lazy()
+
+        def rng_init(self):
+            self.weight = eqx.nn.Embedding(10, 4, key=lm.next_key()).weight
+
+    layer = lm.nn.Embedding(10, 4)
+    assert not lm.is_initialized(layer)
+    with pytest.raises(lm.UninitializedError, match="'weight'"):
+        layer(jnp.asarray(1))
+
+    class Model(lm.Module):
+        embedding: Any
+
+    model = lm.init(Model(layer), 0)
+    assert type(model.embedding) is eqx.nn.Embedding
+    by_hand = lm.init(Model(ByHand()), 0)  # at the same path, so with the same key
+    assert tree_bit_equal(model.embedding.weight, by_hand.embedding.weight)
+    assert not tree_bit_equal(model, lm.init(Model(layer), 1))
+
+
+def test_embedding_weight_from_an_initializer_an_array_or_a_key():
+    zeros = lm.init(lm.nn.Embedding(weight=lm.Initializer(lambda k: jnp.zeros((5, 3)))), 0)
+    assert type(zeros) is eqx.nn.Embedding and zeros.num_embeddings == 5
+    assert (zeros.weight == 0).all()
+    key = jax.random.key(4)
+    eager = lm.init(lm.nn.Embedding(6, 2, key=key), 0)
+    assert tree_bit_equal(eager, eqx.nn.Embedding(6, 2, key=key))
+    with pytest.raises(ValueError, match="num_embeddings and embedding_size"):
+        lm.nn.Embedding(6)
+
+
+def test_prelu_takes_an_array_slope_and_rotary_has_equinox_static_methods():
+    act = lm.init(lm.nn.PReLU(jnp.array([0.1, 0.2])), 0, spec(2))  # no warning (an error here)
+    assert type(act) is eqx.nn.PReLU and act.negative_slope.shape == (2,)
+    ours, theirs = lm.nn.RotaryPositionalEmbedding, eqx.nn.RotaryPositionalEmbedding
+    x = jnp.arange(8.0).reshape(2, 4)
+    assert (ours.rotate_half(x) == theirs.rotate_half(x)).all()
+    assert tree_bit_equal(
+        ours.precompute_freqs_cis(8, 4, 10_000.0, jnp.float32),
+        theirs.precompute_freqs_cis(8, 4, 10_000.0, jnp.float32),
+    )

@@ -115,3 +115,14 @@ def test_dtype_mismatch_and_wrong_argument_types():
         lm.restore(lm.nn.Linear(3), 42, spec(4))
     with pytest.raises(FileNotFoundError):
         lm.restore(lm.nn.Linear(3), "/nonexistent/checkpoint.eqx", spec(4))
+
+
+def test_restore_keeps_weak_types_as_init_made_them():
+    model = lm.init(lm.nn.PReLU(), 0, jax.ShapeDtypeStruct((3,), jnp.bfloat16))
+    assert model.negative_slope.weak_type
+    file = io.BytesIO()
+    eqx.tree_serialise_leaves(file, model)
+    file.seek(0)
+    restored = lm.restore(lm.nn.PReLU(), file, jax.ShapeDtypeStruct((3,), jnp.bfloat16))
+    assert restored.negative_slope.weak_type
+    assert restored(jnp.ones(3, jnp.bfloat16)).dtype == jnp.bfloat16

@@ -14,7 +14,6 @@ from equinox.nn import (
     AvgPool2d as AvgPool2d,
     AvgPool3d as AvgPool3d,
     delete_init_state as delete_init_state,
-    Embedding as Embedding,
     Identity as Identity,
     inference_mode as inference_mode,
     Lambda as Lambda,
@@ -38,6 +37,7 @@ from ._conv_transpose import (
     ConvTranspose3d as ConvTranspose3d,
 )
 from ._dropout import Dropout as Dropout
+from ._embedding import Embedding as Embedding
 from ._lazy import LazyLayer as LazyLayer
 from ._linear import Linear as Linear
 from ._multihead import MultiheadAttention as MultiheadAttention

@@ -3,7 +3,7 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
-from .._context import init_is_running, next_key
+from .._context import next_key
 from .._module import Module
 
 
@@ -65,6 +65,6 @@ class Dropout(Module, eqx.nn.Dropout):
     ) -> Array:
         """As `equinox.nn.Dropout.__call__`; while `lazymod.init` runs it, `key`
         defaults to one drawn from the `"dropout"` stream."""
-        if key is None and init_is_running(self):
+        if key is None and self.initializing():
             key = next_key("dropout")
         return self._init_result()(x, key=key, inference=inference, deterministic=deterministic)

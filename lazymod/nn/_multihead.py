@@ -4,7 +4,7 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
-from .._context import init_is_running, next_key
+from .._context import next_key
 from ._lazy import LazyLayer
 
 
@@ -133,7 +133,7 @@ class MultiheadAttention(LazyLayer):
         `(query_seq_length, query_size)`, `key_` and `value` of shapes
         `(kv_seq_length, key_size)` and `(kv_seq_length, value_size)`."""
         layer = self._layer_for(query, key_, value)
-        if key is None and init_is_running(self):  # as Dropout: the "dropout" stream
+        if key is None and self.initializing():  # as Dropout: the "dropout" stream
             key = next_key("dropout")
         return layer(
             query,

@@ -27,11 +27,13 @@ class PReLU(LazyLayer):
         ```
     """
 
-    init_alpha: float = eqx.field(static=True)
+    init_alpha: float | Array  # an array is a leaf, as in Equinox, not a static field
     channelwise: bool = eqx.field(static=True)
     dtype: Any = eqx.field(static=True)
 
-    def __init__(self, init_alpha: float = 0.25, channelwise: bool = False, dtype: Any = None):
+    def __init__(
+        self, init_alpha: float | Array = 0.25, channelwise: bool = False, dtype: Any = None
+    ):
         """**Arguments:** as `equinox.nn.PReLU`, with the slope's shape inferred.
 
         - `init_alpha`: the initial negative slope.

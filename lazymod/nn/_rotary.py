@@ -28,6 +28,35 @@ class RotaryPositionalEmbedding(LazyLayer):
     theta: float = eqx.field(static=True)
     dtype: Any = eqx.field(static=True)
 
+    @staticmethod
+    def rotate_half(x: Array) -> Array:
+        """As `equinox.nn.RotaryPositionalEmbedding.rotate_half`: `[-x2, x1]` for the
+        two halves `x1, x2` of the last axis."""
+        return eqx.nn.RotaryPositionalEmbedding.rotate_half(x)
+
+    @staticmethod
+    def precompute_freqs_cis(
+        embedding_size: int, end: int, theta: float, dtype: Any
+    ) -> tuple[Array, Array]:
+        """As `equinox.nn.RotaryPositionalEmbedding.precompute_freqs_cis`: the cosines
+        and sines, of shape `(end, embedding_size // 2)` each, that the layer rotates
+        by.
+
+        !!! example
+
+            ```python
+            import jax.numpy as jnp
+            import lazymod as lm
+
+            rope = lm.nn.RotaryPositionalEmbedding
+            cos, sin = rope.precompute_freqs_cis(8, 4, 10_000.0, jnp.float32)
+            assert cos.shape == sin.shape == (4, 4)
+            ```
+        """
+        return eqx.nn.RotaryPositionalEmbedding.precompute_freqs_cis(
+            embedding_size, end, theta, dtype
+        )
+
     def __init__(self, theta: float = 10_000.0, dtype: Any = None):
         """**Arguments:** as `equinox.nn.RotaryPositionalEmbedding`, less
         `embedding_size`.
