@@ -3,7 +3,7 @@
 from . import nn as nn
 from ._context import next_key as next_key
 from ._errors import InitError as InitError, UninitializedError as UninitializedError
-from ._init import init as init, init_shapes as init_shapes
+from ._init import init as init, init_shapes as init_shapes, init_with_state as init_with_state
 from ._module import Module as Module
 from ._restore import restore as restore
 from ._sentinels import (
@@ -11,7 +11,6 @@ from ._sentinels import (
     is_initialized as is_initialized,
     lazy as lazy,
 )
-from ._stateful import init_with_state as init_with_state
 from ._summary import summary as summary
 
 

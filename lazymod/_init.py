@@ -24,6 +24,7 @@ from ._keys import normalize_keys
 from ._paths import display_path
 from ._sentinels import Initializer, sentinels_with_paths
 from ._sharding import place, Sharding
+from ._stateful import initial_state, split_state
 from ._trace import NEEDS_VALUES, trace
 from ._tree import check_no_lazy_module_twice
 from ._values import compute
@@ -118,12 +119,69 @@ def init(
     return (result, intermediates) if capture_intermediates else result
 
 
+def init_with_state(
+    module: Any,
+    key: Any,
+    /,
+    *args: Any,
+    method: str | Callable[..., Any] | None = None,
+    partial: bool = False,
+    **kwargs: Any,
+) -> tuple[Any, eqx.nn.State]:
+    """The lazy counterpart of `eqx.nn.make_with_state`: initialize a model holding
+    stateful layers (such as `lazymod.nn.BatchNorm`) and return `(model, state)`.
+
+    While init runs, `method` (default `__call__`) is called as
+    `method(*args, state, **kwargs)` and returns `(output, state)`, as Equinox's
+    stateful modules do. The state it returns is discarded: the returned `state` holds
+    every `eqx.nn.StateIndex`'s initial value, exactly as `eqx.nn.make_with_state`
+    builds it, and the model has its initial states deleted.
+
+    Takes the same arguments as [`lazymod.init`][] (but for `capture_intermediates`).
+
+    !!! example
+
+        ```python
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        class Net(lm.Module):
+            linear: lm.nn.Linear
+            norm: lm.nn.BatchNorm
+
+            def __init__(self):
+                self.linear = lm.nn.Linear(4)
+                self.norm = lm.nn.BatchNorm("batch", mode="batch")
+
+            def __call__(self, x, state):
+                x, state = self.norm(self.linear(x), state)
+                return x, state
+
+        spec = jax.ShapeDtypeStruct((3,), jnp.float32)
+        model, state = lm.init_with_state(Net(), 0, spec)
+        assert model.norm.input_size == 4
+        ```
+    """
+    result, _ = initialize(
+        module,
+        key,
+        args=args,
+        kwargs=kwargs,
+        method=method,
+        partial=partial,
+        with_state=True,
+    )
+    return result
+
+
 def init_shapes(
     module: Any,
     /,
     *args: Any,
     method: str | Callable[..., Any] | None = None,
     partial: bool = False,
+    with_state: bool = False,
     **kwargs: Any,
 ) -> Any:
     """The tree `lazymod.init` would return, with a `jax.ShapeDtypeStruct` in place of
@@ -131,7 +189,9 @@ def init_shapes(
 
     Takes the same arguments as [`lazymod.init`][], less the key. Use it to inspect a
     model, or as the skeleton to load a checkpoint into with
-    `eqx.tree_deserialise_leaves`.
+    `eqx.tree_deserialise_leaves`. With `with_state=True`, it is the pair
+    [`lazymod.init_with_state`][] would return: the model and its `eqx.nn.State`, both
+    of shapes (the method then takes the state last, as there).
 
     !!! example
 
@@ -158,7 +218,14 @@ def init_shapes(
 
     def run(module: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         result, _ = initialize(
-            module, key, args=args, kwargs=kwargs, method=method, partial=partial, abstract=True
+            module,
+            key,
+            args=args,
+            kwargs=kwargs,
+            method=method,
+            partial=partial,
+            with_state=with_state,
+            abstract=True,
         )
         return result
 
@@ -176,15 +243,19 @@ def initialize(
     partial: bool = False,
     capture_intermediates: bool = False,
     sharding: Sharding = None,
+    with_state: bool = False,
     abstract: bool = False,
 ) -> tuple[Any, dict[str, Any] | None]:
-    """The engine behind `init`, `init_shapes` and `summary`: the initialized tree and
-    the captured outputs (`None` unless `capture_intermediates`). With `abstract`
+    """The engine behind every entry point: the initialized tree and the captured
+    outputs (`None` unless `capture_intermediates`). With `with_state`, the method
+    also takes the state (last) and the tree is `(model, state)`. With `abstract`
     (under `jax.eval_shape`), every array is left as the `jax.ShapeDtypeStruct` the
     trace gives, and nothing is computed."""
     keys = normalize_keys(key)
     function = resolve_method(module, method, has_inputs=bool(args or kwargs))
     check_no_lazy_module_twice(module)
+    if with_state and function is not None:
+        args = (*args, initial_state(module))
     options = dict(function=function, args=args, kwargs=kwargs, capture=capture_intermediates)
     try:
         # Staged: the whole construction becomes one jaxpr, evaluated afterwards
@@ -199,7 +270,7 @@ def initialize(
         values = place(module, values, traced.skeleton.array_paths, sharding)
     result, intermediates = traced.skeleton.unflatten(values)
     _check_complete(result, partial)
-    return result, intermediates
+    return (split_state(result, abstract) if with_state else result), intermediates
 
 
 @functools.cache

@@ -26,6 +26,7 @@ def restore(
     /,
     *args: Any,
     method: str | Callable[..., Any] | None = None,
+    with_state: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Load a checkpoint saved with `eqx.tree_serialise_leaves` into a lazy model,
@@ -44,6 +45,9 @@ def restore(
         or a binary file opened for reading.
     - `*args`, `**kwargs`, `method`: the inputs (or their `jax.ShapeDtypeStruct`s) and
         method, as for [`lazymod.init`][].
+    - `with_state`: for a stateful model, read the pair `(model, state)` that
+        `eqx.tree_serialise_leaves(file, (model, state))` wrote, with the skeleton
+        [`lazymod.init_with_state`][] would build, and return that pair.
 
     **Returns:** the model, materialized with the checkpoint's arrays.
 
@@ -66,7 +70,7 @@ def restore(
         assert (restored.layers[0].weight == trained.layers[0].weight).all()
         ```
     """
-    skeleton = init_shapes(model, *args, method=method, **kwargs)
+    skeleton = init_shapes(model, *args, method=method, with_state=with_state, **kwargs)
     leaves, treedef = jtu.tree_flatten_with_path(skeleton)
     values: list[Any] = []
     mismatches: list[str] = []

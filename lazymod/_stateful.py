@@ -1,56 +1,54 @@
-from collections.abc import Callable
+"""Models with `eqx.nn.State`: the state init passes to the forward pass, and the
+`(model, state)` pair it returns, as `eqx.nn.make_with_state` builds it."""
+
 from typing import Any
 
 import equinox as eqx
+import jax.tree_util as jtu
 
-from ._init import init
+from ._errors import InitError
 
 
-def init_with_state(
-    module: Any,
-    key: Any,
-    /,
-    *args: Any,
-    method: str | Callable[..., Any] | None = None,
-    partial: bool = False,
-    **kwargs: Any,
-) -> tuple[Any, eqx.nn.State]:
-    """The lazy counterpart of `eqx.nn.make_with_state`: initialize a model holding
-    stateful layers (such as `lazymod.nn.BatchNorm`) and return `(model, state)`.
+def initial_state(module: Any) -> eqx.nn.State:
+    """The state the forward pass gets during init: the initial state of every stateful
+    layer already built (an `eqx.nn.BatchNorm` written by hand beside lazy layers);
+    lazy layers add their own when they are built (`with_layer_state`)."""
+    try:
+        return eqx.nn.State(module)
+    except ValueError as error:  # Equinox: an initial state was deleted
+        raise InitError(
+            f"{type(module).__name__}: a stateful layer in it has no initial state any "
+            "more (a model returned by lazymod.init_with_state or eqx.nn.make_with_state "
+            "keeps its state apart). Initialize the lazy model instead, or use the "
+            "(model, state) pair you have."
+        ) from error
 
-    While init runs, `method` (default `__call__`) is called as
-    `method(*args, state, **kwargs)` and returns `(output, state)`, as Equinox's
-    stateful modules do. The state it returns is discarded: the returned `state` holds
-    every `eqx.nn.StateIndex`'s initial value, exactly as `eqx.nn.make_with_state`
-    builds it, and the model has its initial states deleted.
 
-    Takes the same arguments as [`lazymod.init`][] (but for `capture_intermediates`).
+def split_state(tree: Any, abstract: bool = False) -> tuple[Any, eqx.nn.State]:
+    """`(model, state)` as `eqx.nn.make_with_state` returns them: the state of every
+    `eqx.nn.StateIndex`, and the model with its initial states deleted. With
+    `abstract`, the initial states are `jax.ShapeDtypeStruct`s, which
+    `eqx.nn.State` cannot hold as it is built, so the state is assembled here."""
+    if not abstract:
+        return eqx.nn.make_with_state(lambda: tree)()
+    indices = jtu.tree_leaves(tree, is_leaf=lambda x: isinstance(x, eqx.nn.StateIndex))
+    state = _state_of(
+        {index.marker: index.init for index in indices if isinstance(index, eqx.nn.StateIndex)}
+    )
+    return eqx.nn.delete_init_state(tree), state
 
-    !!! example
 
-        ```python
-        import jax
-        import jax.numpy as jnp
-        import lazymod as lm
+def _state_of(entries: dict[Any, Any]) -> eqx.nn.State:
+    # eqx.nn.State offers no public way to build one from entries; it is a dict
+    # underneath, in the order the model flattens (which de/serialisation relies on).
+    state = object.__new__(eqx.nn.State)
+    state._state = entries  # pyright: ignore[reportAttributeAccessIssue]
+    return state
 
-        class Net(lm.Module):
-            linear: lm.nn.Linear
-            norm: lm.nn.BatchNorm
 
-            def __init__(self):
-                self.linear = lm.nn.Linear(4)
-                self.norm = lm.nn.BatchNorm("batch", mode="batch")
-
-            def __call__(self, x, state):
-                x, state = self.norm(self.linear(x), state)
-                return x, state
-
-        spec = jax.ShapeDtypeStruct((3,), jnp.float32)
-        model, state = lm.init_with_state(Net(), 0, spec)
-        assert model.norm.input_size == 4
-        ```
-    """
-    if args or kwargs or method is not None:
-        args = (*args, eqx.nn.State(()))
-    initialized = init(module, key, *args, method=method, partial=partial, **kwargs)
-    return eqx.nn.make_with_state(lambda: initialized)()
+def with_layer_state(state: eqx.nn.State, layer: Any) -> eqx.nn.State:
+    """`state` plus the initial state of `layer`'s `StateIndex`es, for a stateful layer
+    that was built during init and has to run before `lazymod.init_with_state` can
+    collect the final state."""
+    added = eqx.nn.State(layer)
+    return _state_of({**state._state, **added._state})  # pyright: ignore[reportAttributeAccessIssue]

@@ -11,7 +11,7 @@ from ._init import abstract_key, initialize, resolve_method
 from ._paths import path_str
 
 
-_COLUMNS = ("path", "type", "output", "parameters", "count", "bytes")
+_COLUMNS = ("path", "type", "output", "parameters", "count", "bytes", "state")
 
 
 class Summary(str):
@@ -47,6 +47,7 @@ def summary(
     /,
     *args: Any,
     method: str | Callable[..., Any] | None = None,
+    with_state: bool = False,
     **kwargs: Any,
 ) -> str:
     """A table of `model`'s submodules as [`lazymod.init`][] would build them: one row
@@ -60,8 +61,10 @@ def summary(
     Equinox modules, whose calls lazymod does not see.
 
     **Arguments:** as [`lazymod.init`][], less the key: `model`, the inputs or their
-    `jax.ShapeDtypeStruct`s, and `method=`. For a stateful model, pass the state
-    argument as `eqx.nn.State(())`.
+    `jax.ShapeDtypeStruct`s, and `method=`. For a stateful model, `with_state=True`
+    runs the method with the state, as [`lazymod.init_with_state`][] does; the state
+    of each layer (`eqx.nn.StateIndex`) shows in its own column, and is not counted
+    as parameters.
 
     **Returns:** the table as a `str`; in a notebook it renders as an HTML table.
 
@@ -96,13 +99,15 @@ def summary(
             kwargs=kwargs,
             method=None if function is None else run_and_keep_output,
             capture_intermediates=True,
+            with_state=with_state,
             abstract=True,
         )
 
     # The forward pass's own keyword arguments (a `key=` among them) travel as one dict.
     shapes, intermediates = eqx.filter_eval_shape(build, model, abstract_key(), args, kwargs)
+    shapes, state = shapes if with_state else (shapes, None)
     root_output = outputs[-1] if outputs else None
-    return _tabulate(shapes, intermediates, root_output, function is not None)
+    return _tabulate(shapes, state, intermediates, root_output, function is not None)
 
 
 def _shapes_only(tree: Any) -> Any:
@@ -112,20 +117,30 @@ def _shapes_only(tree: Any) -> Any:
     )
 
 
-def _tabulate(shapes: Any, intermediates: dict[str, Any], root_output: Any, ran: bool) -> Summary:
+def _tabulate(
+    shapes: Any,
+    state: eqx.nn.State | None,
+    intermediates: dict[str, Any],
+    root_output: Any,
+    ran: bool,
+) -> Summary:
     rows: list[tuple[str, ...]] = []
     total_count = total_bytes = total_arrays = 0
+    state_count = state_bytes = 0
 
     def visit(node: Any, path: tuple[Any, ...]) -> None:
-        nonlocal total_count, total_bytes, total_arrays
+        nonlocal total_count, total_bytes, total_arrays, state_count, state_bytes
 
         def stop(x: Any) -> bool:
             return x is not node and isinstance(x, eqx.Module)
 
         own: list[tuple[str, jax.ShapeDtypeStruct]] = []
+        own_state: list[jax.ShapeDtypeStruct] = []
         children: list[tuple[tuple[Any, ...], Any]] = []
         for child_path, leaf in jtu.tree_leaves_with_path(node, is_leaf=stop):
-            if isinstance(leaf, eqx.Module) and leaf is not node:
+            if isinstance(leaf, eqx.nn.StateIndex):  # state, not parameters: its own column
+                own_state += _state_shapes(leaf, state)
+            elif isinstance(leaf, eqx.Module) and leaf is not node:
                 children.append((path + child_path, leaf))
             elif isinstance(leaf, jax.ShapeDtypeStruct):
                 own.append((path_str(child_path), leaf))
@@ -134,6 +149,8 @@ def _tabulate(shapes: Any, intermediates: dict[str, Any], root_output: Any, ran:
         total_count += count
         total_bytes += nbytes
         total_arrays += len(own)
+        state_count += sum(_size(leaf) for leaf in own_state)
+        state_bytes += sum(_size(leaf) * leaf.dtype.itemsize for leaf in own_state)
         name = path_str(path)
         if not path:
             output = _format_output(root_output) if ran else "-"
@@ -147,6 +164,7 @@ def _tabulate(shapes: Any, intermediates: dict[str, Any], root_output: Any, ran:
                 ", ".join(f"{field} {_format_shape(leaf)}" for field, leaf in own),
                 f"{count:,}" if own else "",
                 _format_bytes(nbytes) if own else "",
+                ", ".join(_format_shape(leaf) for leaf in own_state),
             )
         )
         for child_path, child in children:
@@ -157,7 +175,16 @@ def _tabulate(shapes: Any, intermediates: dict[str, Any], root_output: Any, ran:
         f"Total: {total_count:,} parameters in {total_arrays:,} arrays, "
         f"{_format_bytes(total_bytes)}"
     )
+    if state_count:
+        footer += f"; state: {state_count:,} values, {_format_bytes(state_bytes)}"
     return Summary(rows, footer)
+
+
+def _state_shapes(index: eqx.nn.StateIndex, state: eqx.nn.State | None) -> list[Any]:
+    """The shapes of a `StateIndex`'s state: from `state` when given, else its initial
+    value (a model initialized without `with_state` keeps it)."""
+    value = state._state.get(index.marker) if state is not None else index.init  # pyright: ignore
+    return [leaf for leaf in jax.tree.leaves(value) if isinstance(leaf, jax.ShapeDtypeStruct)]
 
 
 def _size(leaf: jax.ShapeDtypeStruct) -> int:
@@ -175,6 +202,8 @@ def _format_shape(leaf: jax.ShapeDtypeStruct) -> str:
 
 
 def _format_output(output: Any) -> str:
+    if isinstance(output, tuple) and output and isinstance(output[-1], eqx.nn.State):
+        output = output[:-1] if len(output) > 2 else output[0]  # (x, state): the state column
     leaves = [
         leaf
         for leaf in jax.tree.leaves(output)

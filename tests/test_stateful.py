@@ -136,3 +136,82 @@ def test_init_with_state_eager_equals_filter_jit():
     eager = lm.init_with_state(CNN(), 3, spec(2, 9, 9))
     jitted = eqx.filter_jit(lm.init_with_state)(CNN(), 3, spec(2, 9, 9))
     assert tree_bit_equal(eqx.filter(eager, eqx.is_array), eqx.filter(jitted, eqx.is_array))
+
+
+# --- stateful models everywhere ---------------------------------------------------
+
+
+class TwoNorms(lm.Module):
+    """Equinox's own test_double_state, with one of the two layers lazy."""
+
+    linear: lm.nn.Linear
+    lazy_norm: lm.nn.BatchNorm
+    norm: eqx.nn.BatchNorm
+
+    def __init__(self):
+        self.linear = lm.nn.Linear(4)
+        self.lazy_norm = lm.nn.BatchNorm("batch", mode="batch")
+        self.norm = eqx.nn.BatchNorm(4, "batch", mode="batch")
+
+    def __call__(self, x, state):
+        x, state = self.lazy_norm(self.linear(x), state)
+        return self.norm(x, state)
+
+
+def batched(model):
+    return jax.vmap(model, in_axes=(0, None), out_axes=(0, None), axis_name="batch")
+
+
+def init_two_norms():
+    method = lambda m, x, state: batched(m)(x, state)  # noqa: E731
+    return lm.init_with_state(TwoNorms(), 0, spec(2, 3), method=method), method
+
+
+def test_hand_built_stateful_layers_beside_lazy_ones():
+    (model, state), _ = init_two_norms()
+    assert type(model.lazy_norm) is eqx.nn.BatchNorm and type(model.norm) is eqx.nn.BatchNorm
+    out, state = batched(model)(jnp.ones((5, 3)), state)
+    assert out.shape == (5, 4)
+
+
+def test_shapes_and_restore_of_a_stateful_model(tmp_path):
+    (model, state), method = init_two_norms()
+    shapes, state_shapes = lm.init_shapes(TwoNorms(), spec(2, 3), method=method, with_state=True)
+
+    # No initial state is left in the model, as in the one init_with_state returns.
+    def layout(tree):
+        leaves = jax.tree.leaves_with_path(
+            tree, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct)
+        )
+        return [(p, x.shape, x.dtype) for p, x in leaves if hasattr(x, "shape")]
+
+    assert layout(shapes) == layout(model)
+    as_shapes = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type), state
+    )
+    assert jax.tree.leaves(state_shapes) == jax.tree.leaves(as_shapes)
+    eqx.tree_serialise_leaves(tmp_path / "net.eqx", (model, state))
+    restored, restored_state = lm.restore(
+        TwoNorms(), tmp_path / "net.eqx", spec(2, 3), method=method, with_state=True
+    )
+    ours = jax.tree.leaves(eqx.filter((restored, restored_state), eqx.is_array))
+    theirs = jax.tree.leaves(eqx.filter((model, state), eqx.is_array))
+    assert len(ours) == len(theirs) and all(tree_bit_equal(a, b) for a, b in zip(ours, theirs))
+    x = jax.random.normal(jax.random.key(0), (5, 3))
+    assert tree_bit_equal(batched(restored)(x, restored_state)[0], batched(model)(x, state)[0])
+
+
+def test_summary_of_a_stateful_model_reports_state_apart():
+    _, method = init_two_norms()
+    table = lm.summary(TwoNorms(), spec(2, 3), method=method, with_state=True)
+    assert "32 parameters in 6 arrays" in table  # 4*3+4 + 2*(4+4); no running statistics
+    assert "state: 18 values" in table  # two norms: a counter, mean and var of 4
+    row = next(row for row in table.rows if row[0] == "norm")
+    assert row[6] == "i32[], f32[4], f32[4]" and "weight f32[4]" in row[3]
+    assert max(len(line) for line in table.splitlines()) < 120
+
+
+def test_reinit_of_a_stateful_result_says_what_to_do():
+    (model, _), method = init_two_norms()
+    with pytest.raises(lm.InitError, match="no initial state any more"):
+        lm.init_with_state(model, 0, spec(2, 3), method=method)

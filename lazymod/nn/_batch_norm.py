@@ -4,7 +4,8 @@ from typing import Any, Literal
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
-from ._lazy import LazyLayer, with_layer_state
+from .._stateful import with_layer_state
+from ._lazy import LazyLayer
 
 
 class BatchNorm(LazyLayer, eqx.nn.StatefulLayer):

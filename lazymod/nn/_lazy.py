@@ -43,14 +43,3 @@ class LazyLayer(Module):
             f"of {received}. lazymod.nn layers take unbatched inputs, as Equinox layers "
             "do: apply jax.vmap over the batch axis."
         )
-
-
-def with_layer_state(state: eqx.nn.State, layer: Any) -> eqx.nn.State:
-    """`state` plus the initial state of `layer`'s `StateIndex`es, for a stateful layer
-    that was built during init and has to run before `lazymod.init_with_state` can
-    collect the final state."""
-    added = eqx.nn.State(layer)
-    combined = object.__new__(eqx.nn.State)
-    # eqx.nn.State offers no public way to add entries; it is a dict underneath.
-    combined._state = {**state._state, **added._state}  # pyright: ignore[reportAttributeAccessIssue]
-    return combined

@@ -5,7 +5,7 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .._context import describe, next_key
 from .._errors import InitError
-from ._lazy import with_layer_state
+from .._stateful import with_layer_state
 from ._weight_norm import Wrapper
 
 
