@@ -26,11 +26,21 @@ from jaxtyping import PRNGKeyArray
 
 from ._errors import InitError, UninitializedError
 from ._keys import DEFAULT_STREAM, derive_key
-from ._paths import KeyPath, path_str
+from ._paths import describe_inputs, KeyPath, path_str
 from ._sentinels import field_items, Placeholder, Tag, TaggedPlaceholder
 
 
 _numbers = itertools.count()
+
+
+# `capture_intermediates`: `True`, or a filter `fn(module, method_name) -> bool`.
+Capture = bool | Callable[[Any, str], bool]
+
+
+def _calls_only(module: Any, method: str) -> bool:
+    """The filter of `capture_intermediates=True`: every `__call__`, as Flax's."""
+    del module
+    return method == "__call__"
 
 
 class Phase(enum.Enum):
@@ -45,7 +55,7 @@ class Phase(enum.Enum):
 class InitContext:
     """Everything one call of `lazymod.init` shares with the modules it runs."""
 
-    def __init__(self, keys: dict[str, PRNGKeyArray], capture: bool, root_name: str):
+    def __init__(self, keys: dict[str, PRNGKeyArray], capture: Capture, root_name: str):
         self.number = next(_numbers)  # tells this init's tags from another's
         self.keys = keys
         self.root_name = root_name  # the type name of the tree being initialized
@@ -58,7 +68,9 @@ class InitContext:
         self.initializer_fields: set[tuple[KeyPath, str]] = set()  # filled by phase 1
         self.calls: dict[KeyPath, int] = {}  # outermost calls started, by path
         self.running_calls: dict[KeyPath, int] = {}  # calls running now, by path
-        self.captured: dict[KeyPath, int] = {}  # `__call__` outputs captured, by path
+        # Which outputs to capture: `__call__`'s (capture=True), or a filter's choice.
+        self.capture_filter = capture if callable(capture) else _calls_only
+        self.captured: dict[tuple[KeyPath, str], int] = {}  # outputs captured, by method
         # The inputs of the first call of each method, by (path, method name).
         self.first_inputs: dict[tuple[KeyPath, str], Any] = {}
         self.stack: list[KeyPath] = []  # the modules whose code runs, innermost last
@@ -167,10 +179,8 @@ class InitContext:
         finally:
             self.stack.pop()
             self.running_calls[path] -= 1
-        if outermost and self.intermediates is not None and method.__name__ == "__call__":
-            number = self.captured.get(path, 0)
-            self.captured[path] = number + 1
-            self.capture(path, number, out)
+        if self.intermediates is not None:
+            self._capture(module, path, method.__name__, out)
         return out
 
     def _raise_called_again(
@@ -197,13 +207,26 @@ class InitContext:
         finally:
             self.stack.pop()
 
-    def capture(self, path: KeyPath, number: int, output: Any) -> None:
-        """Record the output of a submodule's `__call__` (the root is not recorded);
-        later calls of a module are `path#1`, `path#2`, ..."""
+    def _capture(self, module: Any, path: KeyPath, method: str, output: Any) -> None:
+        """Record the output of a method call if the filter takes it, under
+        `path` (`"__call__"` for the root's), or `path.method` for another method;
+        later calls are `...#1`, `...#2`."""
         assert self.intermediates is not None
-        if not path:
+        try:
+            wanted = self.capture_filter(module, method)
+        except Exception as error:
+            raise InitError(
+                f"{self.where(path)} ({type(module).__name__}): the capture_intermediates "
+                f"filter raised {type(error).__name__}: {error}"
+            ) from error
+        if not wanted:
             return
-        name = path_str(path) + (f"#{number}" if number else "")
+        number = self.captured.get((path, method), 0)
+        self.captured[(path, method)] = number + 1
+        base = path_str(path)
+        if method != "__call__":
+            base = f"{base}.{method}" if base else method
+        name = (base or "__call__") + (f"#{number}" if number else "")
         if self.trace is not current_trace():
             output = jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if isinstance(x, jax.Array) else x,
@@ -280,16 +303,6 @@ class InitContext:
 @functools.cache
 def _field_names(cls: type) -> frozenset[str]:
     return frozenset(f.name for f in dataclasses.fields(cls))
-
-
-def describe_inputs(args: Any, kwargs: Any) -> str:
-    """The shapes and dtypes of the arrays among a call's inputs: `(float32[5])`."""
-    shapes = [
-        f"{leaf.dtype}[{','.join(str(d) for d in leaf.shape)}]"
-        for leaf in jtu.tree_leaves((args, kwargs))
-        if hasattr(leaf, "shape") and hasattr(leaf, "dtype")
-    ]
-    return "(" + ", ".join(shapes) + ")"
 
 
 def current_trace() -> Any:

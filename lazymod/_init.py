@@ -19,6 +19,7 @@ from typing import Any
 import equinox as eqx
 import jax
 
+from ._context import Capture
 from ._errors import InitError
 from ._keys import normalize_keys
 from ._paths import display_path
@@ -37,7 +38,7 @@ def init(
     *args: Any,
     method: str | Callable[..., Any] | None = None,
     partial: bool = False,
-    capture_intermediates: bool = False,
+    capture_intermediates: Capture = False,
     sharding: Sharding = None,
     **kwargs: Any,
 ) -> Any:
@@ -67,7 +68,11 @@ def init(
         `True`, return the partly initialized module; a later `init` fills the rest.
     - `capture_intermediates`: if `True`, also return a dict from submodule path (like
         `"layers[0]"`) to the output of that submodule's `__call__` during init
-        (a `jax.ShapeDtypeStruct` where it depends on a spec).
+        (a `jax.ShapeDtypeStruct` where it depends on a spec); the root's output is
+        under `"__call__"`, and later calls of a module under `"layers[0]#1"`, .... As
+        in Flax, a function `filter(module, method_name) -> bool` instead chooses which
+        method calls are stored; another method's output is under
+        `"path.method_name"` (`"method_name"` for the root).
 
     - `sharding`: where to put each array: a function `rule(path, leaf)` of the
         array's path (like `"layers[0].weight"`) and its `jax.ShapeDtypeStruct`,
@@ -104,8 +109,13 @@ def init(
         assert model.w.shape == (784, 10)
         ```
     """
-    if not isinstance(partial, bool) or not isinstance(capture_intermediates, bool):
-        raise TypeError("lazymod.init: `partial` and `capture_intermediates` must be bool.")
+    if not isinstance(partial, bool):
+        raise TypeError("lazymod.init: `partial` must be a bool.")
+    if not (isinstance(capture_intermediates, bool) or callable(capture_intermediates)):
+        raise TypeError(
+            "lazymod.init: `capture_intermediates` must be a bool or a function "
+            "filter(module, method_name) -> bool."
+        )
     result, intermediates = initialize(
         module,
         key,
@@ -116,7 +126,7 @@ def init(
         capture_intermediates=capture_intermediates,
         sharding=sharding,
     )
-    return (result, intermediates) if capture_intermediates else result
+    return (result, intermediates) if capture_intermediates is not False else result
 
 
 def init_with_state(
@@ -241,7 +251,7 @@ def initialize(
     kwargs: dict[str, Any],
     method: str | Callable[..., Any] | None = None,
     partial: bool = False,
-    capture_intermediates: bool = False,
+    capture_intermediates: Capture = False,
     sharding: Sharding = None,
     with_state: bool = False,
     abstract: bool = False,

@@ -1,4 +1,5 @@
-"""Paths of fields and submodules inside a pytree, as text and as stable hashes."""
+"""Paths of fields and submodules inside a pytree, as text and as stable hashes, and a
+call's inputs as text, for error messages."""
 
 import hashlib
 import struct
@@ -57,3 +58,13 @@ def path_hash(stream: str, kind: str, path: Sequence[Any], *extra: object) -> tu
     digest = hashlib.blake2b(repr(tokens).encode(), digest_size=8).digest()
     high, low = struct.unpack("<II", digest)
     return high, low
+
+
+def describe_inputs(args: Any, kwargs: Any) -> str:
+    """The shapes and dtypes of the arrays among a call's inputs: `(float32[5])`."""
+    shapes = [
+        f"{leaf.dtype}[{','.join(str(d) for d in leaf.shape)}]"
+        for leaf in jtu.tree_leaves((args, kwargs))
+        if hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+    ]
+    return "(" + ", ".join(shapes) + ")"

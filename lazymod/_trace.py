@@ -21,7 +21,7 @@ import numpy as np
 from jax.extend import core as jex_core
 from jaxtyping import PRNGKeyArray
 
-from ._context import active, current_trace, InitContext, Phase
+from ._context import active, Capture, current_trace, InitContext, Phase
 from ._errors import InitError, UninitializedError
 from ._keys import derive_key
 from ._paths import display_path, KeyPath
@@ -84,7 +84,7 @@ def trace(
     function: Callable[..., Any] | None,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    capture: bool,
+    capture: Capture,
     staged: bool,
 ) -> Traced:
     """Trace the three mechanisms on `module` with these inputs. With `staged`, every

@@ -281,6 +281,7 @@ def test_capture_intermediates():
     assert shapes == {
         "layers[0]": jax.ShapeDtypeStruct((3,), jnp.float32),
         "layers[1]": jax.ShapeDtypeStruct((2,), jnp.float32),
+        "__call__": jax.ShapeDtypeStruct((2,), jnp.float32),  # the root's, as in Flax
     }
     initialized, values = lm.init(model, 0, jnp.ones(4), capture_intermediates=True)
     expected = jnp.ones(4) @ initialized.layers[0].w + initialized.layers[0].b
@@ -295,7 +296,30 @@ def test_capture_names_repeated_calls():
             return self.inner(self.inner(x))
 
     _, shapes = lm.init(Twice(Linear(3)), 0, spec(3), capture_intermediates=True)
-    assert set(shapes) == {"inner", "inner#1"}
+    assert set(shapes) == {"__call__", "inner", "inner#1"}
+
+
+def test_capture_filter_chooses_modules_and_methods():
+    class Coder(lm.Module):
+        encoder: Linear
+        decoder: Linear
+
+        def encode(self, x):
+            return self.encoder(x)
+
+        def __call__(self, x):
+            return self.decoder(self.encode(x))
+
+    def only_encoding(module, method):
+        return method == "encode" or isinstance(module, Linear) and method == "__call__"
+
+    _, shapes = lm.init(
+        Coder(Linear(2), Linear(4)), 0, spec(3), capture_intermediates=only_encoding
+    )
+    assert set(shapes) == {"encode", "encoder", "decoder"}
+    assert shapes["encode"] == jax.ShapeDtypeStruct((2,), jnp.float32)
+    with pytest.raises(TypeError, match="bool or a function|parameter 'capture_intermediates'"):
+        lm.init(Coder(Linear(2), Linear(4)), 0, spec(3), capture_intermediates="yes")
 
 
 def test_no_inputs_runs_only_initializers_and_rng_init():
