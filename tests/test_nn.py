@@ -2,6 +2,7 @@
 containers, Sequential, Shared and user modules. Each layer family has its own file
 (test_nn_conv.py, test_nn_norm.py, ...)."""
 
+import inspect
 from typing import Any
 
 import equinox as eqx
@@ -412,3 +413,32 @@ def test_prelu_takes_an_array_slope_and_rotary_has_equinox_static_methods():
         ours.precompute_freqs_cis(8, 4, 10_000.0, jnp.float32),
         theirs.precompute_freqs_cis(8, 4, 10_000.0, jnp.float32),
     )
+
+
+def equinox_classes():
+    return [
+        (name, getattr(eqx.nn, name))
+        for name in dir(eqx.nn)
+        if not name.startswith("_") and isinstance(getattr(eqx.nn, name), type)
+    ]
+
+
+def test_every_layer_equinox_builds_with_a_key_is_seeded_by_init():
+    for name, theirs in equinox_classes():
+        key = inspect.signature(theirs.__init__).parameters.get("key")
+        if key is None:
+            continue
+        ours = getattr(lm.nn, name)
+        assert ours is not theirs, f"lm.nn.{name} is Equinox's, which needs a key"
+        ours_key = inspect.signature(ours.__init__).parameters.get("key")
+        assert ours_key is None or ours_key.default is None, name
+
+
+def test_lazy_twins_expose_the_static_and_class_methods_of_equinox_layers():
+    for name, theirs in equinox_classes():
+        ours = getattr(lm.nn, name)
+        for attribute in dir(theirs):
+            member = inspect.getattr_static(theirs, attribute)
+            if attribute.startswith("_") or not isinstance(member, staticmethod | classmethod):
+                continue
+            assert hasattr(ours, attribute), f"lm.nn.{name} lacks {attribute}"
