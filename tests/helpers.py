@@ -84,3 +84,19 @@ class MLP(lm.Module):
         for layer in self.layers:
             x = jnp.tanh(layer(x))
         return x
+
+
+class EncoderDecoder(lm.Module):
+    """Two submodules, each run by a method of its own (for `method=` and partial init)."""
+
+    encoder: Any
+    decoder: Any
+
+    def encode(self, x):
+        return self.encoder(x)
+
+    def decode(self, z):
+        return self.decoder(z)
+
+    def __call__(self, x):
+        return self.decode(self.encode(x))

@@ -14,7 +14,7 @@ import pytest
 import lazymod as lm
 from lazymod import _values
 
-from .helpers import Dense, spec, tree_bit_equal, WithRngInit
+from .helpers import Dense, EncoderDecoder, spec, tree_bit_equal, WithRngInit
 
 
 class Twice(lm.Module):
@@ -188,23 +188,11 @@ def test_rng_init_never_replaces_an_array():
     assert tree_bit_equal(lm.init(first, 1), first)
 
 
-class Halves(lm.Module):
-    encoder: lm.nn.Linear
-    decoder: Dense
-
-    def encode(self, x):
-        return self.encoder(x)
-
-    def decode(self, z):
-        return self.decoder(z)
-
-    def __call__(self, x):
-        return self.decode(self.encode(x))
-
-
 def test_partial_then_full_equals_full():
-    full = lm.init(Halves(lm.nn.Linear(2), Dense(4)), 0, spec(4))
-    half = lm.init(Halves(lm.nn.Linear(2), Dense(4)), 0, spec(4), method="encode", partial=True)
+    full = lm.init(EncoderDecoder(lm.nn.Linear(2), Dense(4)), 0, spec(4))
+    half = lm.init(
+        EncoderDecoder(lm.nn.Linear(2), Dense(4)), 0, spec(4), method="encode", partial=True
+    )
     assert type(half.encoder) is eqx.nn.Linear and not lm.is_initialized(half)
     rest = lm.init(half, 0, spec(2), method="decode")
     assert tree_bit_equal(full, rest)

@@ -13,7 +13,7 @@ import pytest
 
 import lazymod as lm
 
-from .helpers import Linear, MLP, spec, tree_bit_equal
+from .helpers import EncoderDecoder, Linear, MLP, spec, tree_bit_equal
 
 
 class Pair(lm.Module):
@@ -230,20 +230,6 @@ def test_data_dependent_init_may_use_python_control_flow_on_real_arrays():
 
 
 # --- method=, partial=, capture_intermediates= ----------------------------------------
-
-
-class EncoderDecoder(lm.Module):
-    encoder: Linear
-    decoder: Linear
-
-    def encode(self, x):
-        return self.encoder(x)
-
-    def decode(self, z):
-        return self.decoder(z)
-
-    def __call__(self, x):
-        return self.decode(self.encode(x))
 
 
 def test_method_by_name_function_and_bound_method():
