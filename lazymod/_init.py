@@ -1,4 +1,5 @@
-"""`lazymod.init` and `lazymod.init_shapes`: the entry points of one engine.
+"""`lazymod.init`, `lazymod.init_with_state` and `lazymod.init_shapes`: the entry points
+of one engine.
 
 One call of `init` reads top to bottom in `initialize`:
 

@@ -47,7 +47,9 @@ def restore(
         method, as for [`lazymod.init`][].
     - `with_state`: for a stateful model, read the pair `(model, state)` that
         `eqx.tree_serialise_leaves(file, (model, state))` wrote, with the skeleton
-        [`lazymod.init_with_state`][] would build, and return that pair.
+        [`lazymod.init_with_state`][] would build, and return that pair. `model` is
+        then the lazy model (one that `init_with_state` returned keeps its initial
+        state apart, so its shapes cannot be traced again without that state).
 
     **Returns:** the model, materialized with the checkpoint's arrays.
 

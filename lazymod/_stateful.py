@@ -31,11 +31,23 @@ def split_state(tree: Any, abstract: bool = False) -> tuple[Any, eqx.nn.State]:
     `eqx.nn.State` cannot hold as it is built, so the state is assembled here."""
     if not abstract:
         return eqx.nn.make_with_state(lambda: tree)()
-    indices = jtu.tree_leaves(tree, is_leaf=lambda x: isinstance(x, eqx.nn.StateIndex))
-    state = _state_of(
-        {index.marker: index.init for index in indices if isinstance(index, eqx.nn.StateIndex)}
-    )
-    return eqx.nn.delete_init_state(tree), state
+    # As make_with_state does: each index's marker becomes its path, so that the
+    # skeleton fits the (model, state) that init_with_state returns.
+    leaves, treedef = jtu.tree_flatten_with_path(tree, is_leaf=_is_index)
+    entries, renamed = {}, []
+    for path, leaf in leaves:
+        if _is_index(leaf):
+            leaf = eqx.nn.StateIndex(leaf.init)
+            marker = type(tree).__name__ + jtu.keystr(path)
+            object.__setattr__(leaf, "marker", marker)
+            entries[marker] = leaf.init
+        renamed.append(leaf)
+    model = jtu.tree_unflatten(treedef, renamed)
+    return eqx.nn.delete_init_state(model), _state_of(entries)
+
+
+def _is_index(x: Any) -> bool:
+    return isinstance(x, eqx.nn.StateIndex)
 
 
 def _state_of(entries: dict[Any, Any]) -> eqx.nn.State:

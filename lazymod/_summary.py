@@ -31,9 +31,12 @@ class Summary(str):
         return str(self)
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{name}</th>" for name in _COLUMNS)
+        columns = _columns(self.rows)
+        head = "".join(f"<th>{name}</th>" for name in columns)
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>"
+            "<tr>"
+            + "".join(f"<td>{html.escape(cell)}</td>" for cell in row[: len(columns)])
+            + "</tr>"
             for row in self.rows
         )
         return (
@@ -224,9 +227,16 @@ def _format_bytes(nbytes: int) -> str:
     raise AssertionError("unreachable")
 
 
+def _columns(rows: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """The columns shown: the state column only for a model that has state."""
+    return _COLUMNS if any(row[-1] for row in rows) else _COLUMNS[:-1]
+
+
 def _text_table(rows: list[tuple[str, ...]], footer: str) -> str:
-    table = [_COLUMNS, *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(_COLUMNS))]
+    columns = _columns(rows)
+    rows = [row[: len(columns)] for row in rows]
+    table = [columns, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     numeric = {4, 5}
 
     def line(row: tuple[str, ...]) -> str:
@@ -237,4 +247,4 @@ def _text_table(rows: list[tuple[str, ...]], footer: str) -> str:
         return "  ".join(cells).rstrip()
 
     rule = "  ".join("-" * width for width in widths)
-    return "\n".join([line(_COLUMNS), rule, *(line(row) for row in rows), rule, footer])
+    return "\n".join([line(columns), rule, *(line(row) for row in rows), rule, footer])

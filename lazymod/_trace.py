@@ -26,7 +26,7 @@ from ._errors import InitError, UninitializedError
 from ._keys import derive_key
 from ._paths import display_path, KeyPath
 from ._sentinels import default_sentinels_with_paths, Initializer, is_sentinel
-from ._tree import init_result, lazy_modules
+from ._tree import init_result, lazy_modules, STAND_INS
 
 
 @dataclasses.dataclass
@@ -150,15 +150,21 @@ def _run_mechanisms(
 
 
 def _run_initializers(module: Any, context: InitContext) -> Any:
-    """Phase 1: a copy of `module` with every `Initializer` replaced by its value. The
-    copy is made by one flatten and one unflatten, so it shares no module object with
-    the input."""
-    leaves_with_paths, treedef = jtu.tree_flatten_with_path(module, is_leaf=is_sentinel)
+    """Phase 1: a copy of `module` with every `Initializer` replaced by its value (and
+    every Equinox layer with a stand-in, its stand-in). The copy is made by one flatten
+    and one unflatten, so it shares no module object with the input."""
+
+    def stop(x: Any) -> bool:
+        return is_sentinel(x) or type(x) in STAND_INS
+
+    leaves_with_paths, treedef = jtu.tree_flatten_with_path(module, is_leaf=stop)
     leaves, filled = [], []
     for path, leaf in leaves_with_paths:
         if isinstance(leaf, Initializer):
             leaf = _run_initializer(module, path, leaf, context)
             filled.append(path)
+        elif type(leaf) in STAND_INS:
+            leaf = STAND_INS[type(leaf)](leaf)
         leaves.append(leaf)
     working = jtu.tree_unflatten(treedef, leaves)
     # An Initializer left as a class-level field default is not a leaf: run it too, and

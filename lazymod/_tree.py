@@ -2,6 +2,7 @@
 with their paths, the check that no lazy module sits at two places, and what a tree
 becomes in the result of init (`init_result`)."""
 
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
@@ -24,6 +25,19 @@ class LazyNode(eqx.Module):
         so that a built layer *is* an `equinox.nn` layer. A module still holding
         placeholders (a partial init) should return itself."""
         return self
+
+
+# Equinox layers that init swaps, in its working copy only, for a lazymod stand-in that
+# becomes the same Equinox layer in the result: an `eqx.nn.Dropout` (one built by hand,
+# or one a previous init returned) then draws its key at init as `lm.nn.Dropout` does.
+# `lazymod.nn` registers them when it is imported.
+STAND_INS: dict[type, Callable[[Any], Any]] = {}
+
+
+def stand_in_during_init(cls: type, make: Callable[[Any], Any]) -> None:
+    """Have init run `make(layer)` in place of every `cls` layer (exactly that type) of
+    the tree it initializes; `make(layer)._init_result()` must equal `layer`."""
+    STAND_INS[cls] = make
 
 
 def lazy_modules(tree: Any) -> list[tuple[KeyPath, Any]]:

@@ -12,7 +12,7 @@ import pytest
 
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SCRIPTS = ["quickstart.py", "digits_cnn.py", "char_transformer.py"]
+SCRIPTS = ["quickstart.py", "digits_cnn.py", "char_transformer.py", "zoo.py"]
 
 
 def run(script: str, *args: str) -> str:

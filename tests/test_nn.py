@@ -442,3 +442,16 @@ def test_lazy_twins_expose_the_static_and_class_methods_of_equinox_layers():
             if attribute.startswith("_") or not isinstance(member, staticmethod | classmethod):
                 continue
             assert hasattr(ours, attribute), f"lm.nn.{name} lacks {attribute}"
+
+
+def test_an_equinox_dropout_draws_its_key_at_init_too():
+    class ByHand(lm.Module):
+        linear: lm.nn.Linear
+        dropout: eqx.nn.Dropout
+
+        def __call__(self, x):
+            return self.dropout(self.linear(x))
+
+    model = lm.init(ByHand(lm.nn.Linear(4), eqx.nn.Dropout(0.3)), 0, spec(3))
+    assert type(model.dropout) is eqx.nn.Dropout and model.dropout.p == 0.3
+    assert tree_bit_equal(lm.init(model, 1, spec(3)), model)  # re-init: drawn again, kept

@@ -5,6 +5,7 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .._context import next_key
 from .._module import Module
+from .._tree import stand_in_during_init
 
 
 class Dropout(Module, eqx.nn.Dropout):
@@ -68,3 +69,8 @@ class Dropout(Module, eqx.nn.Dropout):
         if key is None and self.initializing():
             key = next_key("dropout")
         return self._init_result()(x, key=key, inference=inference, deterministic=deterministic)
+
+
+# An eqx.nn.Dropout built by hand, or returned by an earlier init, draws its key at init
+# too: init runs this class in its place.
+stand_in_during_init(eqx.nn.Dropout, lambda layer: Dropout(layer.p, layer.inference))
