@@ -33,6 +33,9 @@ from ._sentinels import field_items, Placeholder, Tag, TaggedPlaceholder
 _numbers = itertools.count()
 
 
+# How the note on an exception raised inside a module's call during init begins.
+_RAISED_IN = "(raised in "
+
 # `capture_intermediates`: `True`, or a filter `fn(module, method_name) -> bool`.
 Capture = bool | Callable[[Any, str], bool]
 
@@ -175,6 +178,12 @@ class InitContext:
         except Exception as error:
             if outermost and not first:
                 self._raise_called_again(module, path, method.__name__, args, kwargs, error)
+            # Name the innermost module that raised, once (outer calls see the note).
+            if not any(note.startswith(_RAISED_IN) for note in getattr(error, "__notes__", ())):
+                error.add_note(
+                    f"{_RAISED_IN}{self.where(path)} ({type(module).__name__}.{method.__name__}), "
+                    f"called with inputs {describe_inputs(args, kwargs)})"
+                )
             raise
         finally:
             self.stack.pop()
@@ -265,26 +274,6 @@ class InitContext:
     def where(self, path: KeyPath) -> str:
         """The path as an error message names it: `Model.layers[0]`."""
         return self.root_name + path_str(path, leading_dot=True)
-
-    def is_foreign_tracer(self, value: Any) -> bool:
-        """True for a tracer of a transformation that the model itself applied during
-        init (a `jax.vmap` or `jax.lax.scan` in its forward pass): it must not escape."""
-        if not isinstance(value, jax.core.Tracer):
-            return False
-        trace = getattr(value, "_trace", self.trace)
-        return trace is not self.trace and all(trace is not t for t in self.outer_traces)
-
-    def note_outer_traces(self, inputs: Any) -> None:
-        """Remember the traces around init: the current one and its parents, and those
-        of any tracer among the inputs (the module's arrays under `jax.jit`)."""
-        trace = current_trace()
-        while trace is not None and all(trace is not t for t in self.outer_traces):
-            self.outer_traces.append(trace)
-            trace = getattr(trace, "parent_trace", None)
-        for leaf in jax.tree.leaves(inputs):
-            trace = getattr(leaf, "_trace", None)
-            if isinstance(leaf, jax.core.Tracer) and all(trace is not t for t in self.outer_traces):
-                self.outer_traces.append(trace)
 
     def release(self) -> None:
         """Forget the working copy, the record and the captured outputs, which hold

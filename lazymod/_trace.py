@@ -113,7 +113,7 @@ def trace(
         return outputs
 
     specs = [input_leaves[i] for i in spec_positions]
-    context.note_outer_traces((module, input_leaves))
+    _note_outer_traces(context, (module, input_leaves))
     eager = contextlib.nullcontext() if staged else jax.ensure_compile_time_eval()
     with active(context), eager:
         closed, out_shapes = jax.make_jaxpr(run, return_shape=True)(*specs)
@@ -243,7 +243,7 @@ def _take_arrays(result: Any, context: InitContext) -> tuple[list[jax.Array], Sk
     leaves = [leaf for _, leaf in leaves_with_paths]
     positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.Array)]
     paths = [leaves_with_paths[i][0] for i in positions]
-    foreign = [path for i, path in zip(positions, paths) if context.is_foreign_tracer(leaves[i])]
+    foreign = [path for i, path in zip(positions, paths) if _is_foreign_tracer(context, leaves[i])]
     if foreign:
         names = ", ".join(display_path(result, path) for path in foreign)
         raise InitError(
@@ -263,3 +263,25 @@ def _take_arrays(result: Any, context: InitContext) -> tuple[list[jax.Array], Sk
         leaves, treedef, positions, paths, inter_leaves, inter_treedef, inter_positions
     )
     return outputs, skeleton
+
+
+def _is_foreign_tracer(context: InitContext, value: Any) -> bool:
+    """True for a tracer of a transformation that the model itself applied during
+    init (a `jax.vmap` or `jax.lax.scan` in its forward pass): it must not escape."""
+    if not isinstance(value, jax.core.Tracer):
+        return False
+    trace = getattr(value, "_trace", context.trace)
+    return trace is not context.trace and all(trace is not t for t in context.outer_traces)
+
+
+def _note_outer_traces(context: InitContext, inputs: Any) -> None:
+    """Remember the traces around init: the current one and its parents, and those
+    of any tracer among the inputs (the module's arrays under `jax.jit`)."""
+    trace = current_trace()
+    while trace is not None and all(trace is not t for t in context.outer_traces):
+        context.outer_traces.append(trace)
+        trace = getattr(trace, "parent_trace", None)
+    for leaf in jax.tree.leaves(inputs):
+        trace = getattr(leaf, "_trace", None)
+        if isinstance(leaf, jax.core.Tracer) and all(trace is not t for t in context.outer_traces):
+            context.outer_traces.append(trace)

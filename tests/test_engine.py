@@ -350,3 +350,21 @@ def test_numpy_arrays_are_kept_too():
     loaded = eqx.tree_at(lambda m: m.w, model, np.zeros((3, 2), np.float32))
     assert (np.asarray(lm.init(loaded, 0, spec(3)).w) == 0).all()
     assert (np.asarray(eqx.filter_jit(lm.init)(loaded, 0, spec(3)).w) == 0).all()
+
+
+def test_an_error_inside_a_layer_names_the_layer_and_its_inputs():
+    class Broken(lm.Module):
+        def __call__(self, x):
+            return x @ jnp.ones((7, 2))  # a shape error, raised by JAX
+
+    class Outer(lm.Module):
+        inner: Broken
+
+        def __call__(self, x):
+            return self.inner(x)
+
+    with pytest.raises(TypeError, match="dot_general") as info:
+        lm.init(Outer(Broken()), 0, spec(5))
+    notes = info.value.__notes__
+    assert any("Outer.inner (Broken.__call__)" in n and "float32[5]" in n for n in notes)
+    assert sum(n.startswith("(raised in") for n in notes) == 1  # the innermost only
