@@ -79,6 +79,7 @@ class InitContext:
         self.stack: list[KeyPath] = []  # the modules whose code runs, innermost last
         self.counters: dict[tuple[KeyPath, Phase, str], int] = {}
         self.intermediates: dict[str, Any] | None = {} if capture else None
+        self.raised_in: str | None = None  # the innermost module a call raised in
         self.trace: Any = None  # the trace init runs in; set when it starts
         # Traces of transformations applied around init (eqx.filter_jit(lm.init),
         # jax.eval_shape, ...): their tracers may sit in the result.
@@ -180,6 +181,7 @@ class InitContext:
                 self._raise_called_again(module, path, method.__name__, args, kwargs, error)
             # Name the innermost module that raised, once (outer calls see the note).
             if not any(note.startswith(_RAISED_IN) for note in getattr(error, "__notes__", ())):
+                self.raised_in = f"{self.where(path)} ({type(module).__name__}.{method.__name__})"
                 error.add_note(
                     f"{_RAISED_IN}{self.where(path)} ({type(module).__name__}.{method.__name__}), "
                     f"called with inputs {describe_inputs(args, kwargs)})"

@@ -19,6 +19,8 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.tree_util as jtu
+import numpy as np
 
 from ._context import Capture
 from ._errors import InitError
@@ -265,23 +267,59 @@ def initialize(
     keys = normalize_keys(key)
     function = resolve_method(module, method, has_inputs=bool(args or kwargs))
     check_no_lazy_module_twice(module)
+    _check_specs(args, kwargs)
     if with_state and function is not None:
         args = (*args, initial_state(module))
     options = dict(function=function, args=args, kwargs=kwargs, capture=capture_intermediates)
     try:
-        # Staged: the whole construction becomes one jaxpr, evaluated afterwards
-        # without compiling a program per parameter shape (see _evaluate.py).
-        traced = trace(module, keys, staged=True, **options)
-    except NEEDS_VALUES:
-        # The code branches on values (data-dependent init with real arrays): run it
-        # op by op, so concrete inputs give concrete values.
-        traced = trace(module, keys, staged=False, **options)
+        try:
+            # Staged: the whole construction becomes one jaxpr, evaluated afterwards
+            # without compiling a program per parameter shape (see _evaluate.py).
+            traced = trace(module, keys, staged=True, **options)
+        except NEEDS_VALUES:
+            # The code branches on values (data-dependent init with real arrays): run
+            # it op by op, so concrete inputs give concrete values.
+            traced = trace(module, keys, staged=False, **options)
+    except Exception as error:
+        _note_shape_tuples(error, args)
+        raise
     values = compute(module, traced, abstract=abstract, on_device=sharding is None)
     if not abstract:
         values = place(module, values, traced.skeleton.array_paths, sharding)
     result, intermediates = traced.skeleton.unflatten(values)
     _check_complete(result, partial)
     return (split_state(result, abstract) if with_state else result), intermediates
+
+
+def _check_specs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse a `jax.ShapeDtypeStruct` input whose shape no array can have."""
+    for path, leaf in jtu.tree_leaves_with_path((args, kwargs)):
+        if not isinstance(leaf, jax.ShapeDtypeStruct):
+            continue
+        where = f"the input {'args' if path[0].idx == 0 else 'kwargs'}{jtu.keystr(path[1:])}"
+        for dim in leaf.shape:
+            if isinstance(dim, bool) or not isinstance(dim, int | np.integer):
+                raise TypeError(
+                    f"lazymod.init: {where} is a jax.ShapeDtypeStruct of shape "
+                    f"{leaf.shape}, with a dimension {dim!r} that is not an int; give "
+                    "every dimension as an int, e.g. jax.ShapeDtypeStruct((784,), jnp.float32)."
+                )
+            if dim < 0:
+                raise ValueError(
+                    f"lazymod.init: {where} is a jax.ShapeDtypeStruct of shape "
+                    f"{leaf.shape}, with a negative dimension {dim}; every dimension "
+                    "must be 0 or more."
+                )
+
+
+def _note_shape_tuples(error: Exception, args: tuple[Any, ...]) -> None:
+    """If an input looks like a shape given where a spec was meant, say so."""
+    for index, arg in enumerate(args):
+        if isinstance(arg, tuple) and arg and all(isinstance(d, int) for d in arg):
+            error.add_note(
+                f"(lazymod: the input args[{index}] is the tuple {arg!r}. To pass a shape, "
+                f"pass a spec: jax.ShapeDtypeStruct({arg!r}, jnp.float32).)"
+            )
 
 
 @functools.cache

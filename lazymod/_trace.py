@@ -115,8 +115,21 @@ def trace(
     specs = [input_leaves[i] for i in spec_positions]
     _note_outer_traces(context, (module, input_leaves))
     eager = contextlib.nullcontext() if staged else jax.ensure_compile_time_eval()
-    with active(context), eager:
-        closed, out_shapes = jax.make_jaxpr(run, return_shape=True)(*specs)
+    try:
+        with active(context), eager:
+            closed, out_shapes = jax.make_jaxpr(run, return_shape=True)(*specs)
+    except NEEDS_VALUES as error:
+        if staged:  # the caller runs it again, unstaged, for real arrays
+            raise
+        where = context.raised_in or context.root_name
+        raise InitError(
+            f"{where}: Python needs the value of an input here (`if`, `int()`, "
+            "`bool()`, `.item()`, or NumPy on it), but lazymod.init knows this input "
+            "only as a jax.ShapeDtypeStruct (or as a tracer of a jax.jit around "
+            "lazymod.init). For a data-dependent initialization, pass real arrays to "
+            "lazymod.init; otherwise branch on shapes and dtypes only "
+            f"({type(error).__name__}: {str(error).splitlines()[0]})"
+        ) from error
     return Traced(closed, out_shapes, skeletons[0])
 
 

@@ -72,6 +72,18 @@ class Branchy(lm.Module):
         return x
 
 
+class BranchesOnValues(lm.Module):
+    def __call__(self, x):
+        return x if x.sum() > 0 else -x  # Python control flow on an input's values
+
+
+class HoldsBranchOnValues(lm.Module):
+    inner: BranchesOnValues
+
+    def __call__(self, x):
+        return self.inner(x)
+
+
 class LeaksFromVmap(lm.Module):
     w: jax.Array = lm.lazy()
 
@@ -366,6 +378,37 @@ ROWS = [
         ),
     ),
     Row(
+        "spec-negative-dimension",
+        Model,
+        lambda m: lm.init(m, 0, jax.ShapeDtypeStruct((-5,), jnp.float32)),
+        ValueError,
+        (r"the input args\[0\] is a jax.ShapeDtypeStruct of shape \(-5,\)", "negative"),
+    ),
+    Row(
+        "spec-non-integer-dimension",
+        Model,
+        lambda m: lm.init(m, 0, jax.ShapeDtypeStruct((5.0,), jnp.float32)),
+        TypeError,
+        (r"args\[0\].*dimension 5.0 that is not an int", r"jax.ShapeDtypeStruct\(\(784,\)"),
+    ),
+    Row(
+        "spec-zero-sized-into-a-lazy-layer",
+        lambda: lm.nn.Conv2d(4, 3),
+        lambda m: lm.init(m, 0, spec(0, 8, 8)),
+        lm.InitError,
+        (r"Conv2d \(Conv2d\): got an input of shape \(0, 8, 8\), with an empty axis", "at least 1"),
+    ),
+    Row(
+        "python-control-flow-on-a-spec",
+        lambda: HoldsBranchOnValues(BranchesOnValues()),
+        lambda m: lm.init(m, 0, spec(3)),
+        lm.InitError,
+        (
+            r"HoldsBranchOnValues\.inner \(BranchesOnValues.__call__\): Python needs the value",
+            "pass real arrays",
+        ),
+    ),
+    Row(
         "restore-mismatch",
         Model,
         lambda m: lm.restore(m, saved(lm.init(Model(), 0, spec(4))), spec(5)),
@@ -426,6 +469,10 @@ def test_every_row_is_in_the_docs_errors_page():
         "assigning a field",
         "cannot assign to field",
         "called again during init",
+        "with a negative dimension",
+        "that is not an int",
+        "with an empty axis",
+        "Python needs the value of an input",
     ):
         assert phrase in page, phrase
 
@@ -461,3 +508,10 @@ def test_an_exception_inside_init_leaves_no_state_behind():
         lm.next_key()
     model = lm.init(Model(), 0, spec(5))
     assert lm.is_initialized(model)
+
+
+def test_a_shape_tuple_given_for_a_spec_gets_a_note_with_the_fix():
+    with pytest.raises(Exception) as info:
+        lm.init(Model(), 0, (784,))
+    notes = getattr(info.value, "__notes__", [])
+    assert any("args[0] is the tuple (784,)" in n and "ShapeDtypeStruct((784,)" in n for n in notes)

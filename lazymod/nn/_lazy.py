@@ -27,6 +27,13 @@ class LazyLayer(Module):
         """The Equinox layer: built from the inputs' shapes while init runs this layer
         (in init's own trace, so also inside a `jax.lax.scan` of the forward pass)."""
         if self.initializing() and is_sentinel(self.layer):
+            shape = getattr(args[0], "shape", None) if args else None
+            if shape is not None and 0 in shape:
+                raise InitError(
+                    f"{describe(self)} ({type(self).__name__}): got an input of shape "
+                    f"{tuple(shape)}, with an empty axis, from which no size can be "
+                    "inferred. Give an input (or spec) whose dimensions are at least 1."
+                )
             with in_init_trace():
                 self.layer = self._build(*args, **kwargs)
         return self.layer
