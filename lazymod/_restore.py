@@ -76,6 +76,7 @@ def restore(
     leaves, treedef = jtu.tree_flatten_with_path(skeleton)
     values: list[Any] = []
     mismatches: list[str] = []
+    damaged = False
     # Read in the order eqx.tree_serialise_leaves wrote: the leaves' flattening order,
     # arrays with numpy's format, Python scalars too, everything else not at all.
     with _opened(path_or_file) as file:
@@ -89,7 +90,7 @@ def restore(
                 found = (
                     jnp.load(file) if is_array else eqx.default_deserialise_filter_spec(file, like)
                 )
-            except (EOFError, ValueError, OSError):
+            except EOFError:  # NumPy: no data left
                 missing = sum(
                     isinstance(leaf, jax.ShapeDtypeStruct) or eqx.is_array_like(leaf)
                     for _, leaf in leaves[index:]
@@ -99,12 +100,21 @@ def restore(
                     f"({missing} value{'s' if missing > 1 else ''} missing)"
                 )
                 break
+            except Exception as error:  # a damaged or foreign file: NumPy cannot read on
+                first_line = str(error).splitlines()[0] if str(error) else ""
+                mismatches.append(
+                    f"{where}: expected {_describe(like)}; what the file holds there is not "
+                    "an array written by eqx.tree_serialise_leaves (the file is damaged, "
+                    f"or of another format): {type(error).__name__}: {first_line}"
+                )
+                damaged = True
+                break
             if is_array and (found.shape != like.shape or found.dtype != like.dtype):
                 mismatches.append(f"{where}: expected {_describe(like)}, found {_describe(found)}")
             elif is_array:
                 found = _weak_as_made(found, like)
             values.append(found)
-        left_over = not mismatches or "ends before" not in mismatches[-1]
+        left_over = not damaged and (not mismatches or "ends before" not in mismatches[-1])
         left_over = left_over and file.read(1) != b""
     if left_over:
         mismatches.append(

@@ -126,3 +126,26 @@ def test_restore_keeps_weak_types_as_init_made_them():
     restored = lm.restore(lm.nn.PReLU(), file, jax.ShapeDtypeStruct((3,), jnp.bfloat16))
     assert restored.negative_slope.weak_type
     assert restored(jnp.ones(3, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[:60],  # a header cut short
+        lambda data: bytes(range(256)) * 4,  # not a checkpoint at all
+        lambda data: b"garbage" + data,  # bytes before the first array
+    ],
+    ids=["truncated-header", "random-bytes", "shifted"],
+)
+def test_restore_of_a_damaged_file_names_the_first_bad_array(damage, tmp_path):
+    model = lm.init(lm.nn.Linear(3), 0, spec(4))
+    file = io.BytesIO()
+    eqx.tree_serialise_leaves(file, model)
+    path = tmp_path / "damaged.eqx"
+    path.write_bytes(damage(file.getvalue()))
+    with pytest.raises(lm.InitError) as info:
+        lm.restore(lm.nn.Linear(3), path, spec(4))
+    message = str(info.value)
+    assert "damaged.eqx" in message and "Linear.weight: expected float32[3, 4]" in message
+    assert "not an array written by eqx.tree_serialise_leaves" in message
+    assert "ends before" not in message and "more arrays" not in message
