@@ -74,6 +74,9 @@ class InitContext:
         # Which outputs to capture: `__call__`'s (capture=True), or a filter's choice.
         self.capture_filter = capture if callable(capture) else _calls_only
         self.captured: dict[tuple[KeyPath, str], int] = {}  # outputs captured, by method
+        # Modules whose current outermost call asked `initializing()`: only they may
+        # assign in the forward pass, as in an `if self.initializing():` block.
+        self.asked: set[KeyPath] = set()
         # The inputs of the first call of each method, by (path, method name).
         self.first_inputs: dict[tuple[KeyPath, str], Any] = {}
         self.stack: list[KeyPath] = []  # the modules whose code runs, innermost last
@@ -109,11 +112,20 @@ class InitContext:
         return None
 
     def initializing(self, path: KeyPath) -> bool:
-        """Whether the module at `path` may assign its fields now: while init runs its
-        `rng_init` or any of its calls. (What a later call assigns to a field an
-        earlier one set is dropped: see `assign`.)"""
-        del path  # the same for every module of this init
-        return self.phase is Phase.RNG_INIT or self.phase is Phase.CALL
+        """What `self.initializing()` returns for the module at `path`: true while init
+        runs its `rng_init` or any of its calls. (What a later call assigns to a field
+        an earlier one set is dropped: see `assign`.) Asking opens the current call
+        to assignments, as an `if self.initializing():` block does."""
+        if self.phase is Phase.CALL:
+            self.asked.add(path)
+            return True
+        return self.phase is Phase.RNG_INIT
+
+    def may_assign(self, path: KeyPath) -> bool:
+        """Whether the module at `path` may assign now: in `rng_init`, or in a call
+        that asked `initializing()` (elsewhere, modules are frozen during init as
+        after it)."""
+        return self.phase is Phase.RNG_INIT or self.phase is Phase.CALL and path in self.asked
 
     def assign(self, module: Any, path: KeyPath, name: str, value: Any) -> None:
         """Record `module.name = value`. Two assignments are dropped: to a field that
@@ -167,6 +179,7 @@ class InitContext:
         outermost = self.running_calls.get(path, 0) == 0
         first = (path, method.__name__) not in self.first_inputs
         if outermost:
+            self.asked.discard(path)
             self.calls[path] = self.calls.get(path, 0) + 1
             if first:
                 self.first_inputs[(path, method.__name__)] = (args, kwargs)

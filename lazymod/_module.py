@@ -71,7 +71,8 @@ class Module(LazyNode):
         forward pass; False at every other time, including every call after init.
 
         Inside `if self.initializing():` the module may assign its own fields and draw
-        keys with [`lazymod.next_key`][]. A module is built once: what a later call in
+        keys with [`lazymod.next_key`][]; a call that never asks `initializing()` is
+        frozen, during init as after it. A module is built once: what a later call in
         the same init assigns to a field an earlier call set is dropped, and init
         never replaces a field that held an array when it started.
         """
@@ -111,7 +112,7 @@ class Module(LazyNode):
             context = current_context()
             if context is not None:
                 path = context.path_of(self)
-                if path is not None and context.initializing(path):
+                if path is not None and context.may_assign(path):
                     context.assign(self, path, name, value)
                     return
             try:

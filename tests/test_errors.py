@@ -139,6 +139,14 @@ class Setter(lm.Module):
         self.w = jnp.zeros(3)
 
 
+class AssignsAlways(lm.Module):
+    w: jax.Array = lm.lazy()
+
+    def __call__(self, x):
+        self.w = jnp.ones(3)  # not in an `if self.initializing():` block
+        return x
+
+
 SHARED = lm.nn.Linear(3)
 
 
@@ -274,6 +282,13 @@ ROWS = [
         lambda m: m.reset(),
         dataclasses.FrozenInstanceError,
         ("cannot assign to field 'w' of Setter", "eqx.tree_at"),
+    ),
+    Row(
+        "assign-outside-an-initializing-block-during-init",
+        AssignsAlways,
+        lambda m: lm.init(m, 0, spec(2)),
+        dataclasses.FrozenInstanceError,
+        ("cannot assign to field 'w' of AssignsAlways", r"if self\.initializing\(\):"),
     ),
     Row(
         "assign-undeclared-field-during-init",
