@@ -395,6 +395,12 @@ def next_key(stream: str = DEFAULT_STREAM) -> PRNGKeyArray:
     if not isinstance(stream, str):
         raise TypeError(f"lazymod.next_key(stream) takes a str; got {type(stream).__name__}.")
     context = _current.get()
+    if context is not None and context.phase is Phase.INITIALIZERS:
+        raise InitError(
+            "lazymod.next_key() was called inside an Initializer's function, which "
+            "gets its key as its argument: write lazymod.Initializer(lambda key: ...) "
+            "and use that key (or draw several with jax.random.split(key))."
+        )
     if context is None or not context.stack:
         raise InitError(
             "lazymod.next_key() was called outside lazymod.init. It draws keys only "

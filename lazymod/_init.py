@@ -229,6 +229,29 @@ def init_shapes(
         ```
     """
 
+    return shapes_of(
+        module,
+        args=args,
+        kwargs=kwargs,
+        method=method,
+        partial=partial,
+        with_state=with_state,
+        entry="lazymod.init_shapes",
+    )
+
+
+def shapes_of(
+    module: Any,
+    *,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    method: str | Callable[..., Any] | None,
+    partial: bool = False,
+    with_state: bool = False,
+    entry: str,
+) -> Any:
+    """`init_shapes`, for the entry point `entry` (named in error notes)."""
+
     def run(module: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         result, _ = initialize(
             module,
@@ -239,6 +262,7 @@ def init_shapes(
             partial=partial,
             with_state=with_state,
             abstract=True,
+            entry=entry,
         )
         return result
 
@@ -258,6 +282,7 @@ def initialize(
     sharding: Sharding = None,
     with_state: bool = False,
     abstract: bool = False,
+    entry: str = "lazymod.init",
 ) -> tuple[Any, dict[str, Any] | None]:
     """The engine behind every entry point: the initialized tree and the captured
     outputs (`None` unless `capture_intermediates`). With `with_state`, the method
@@ -270,7 +295,9 @@ def initialize(
     _check_specs(args, kwargs)
     if with_state and function is not None:
         args = (*args, initial_state(module))
-    options = dict(function=function, args=args, kwargs=kwargs, capture=capture_intermediates)
+    options = dict(
+        function=function, args=args, kwargs=kwargs, capture=capture_intermediates, entry=entry
+    )
     try:
         try:
             # Staged: the whole construction becomes one jaxpr, evaluated afterwards
@@ -281,7 +308,7 @@ def initialize(
             # it op by op, so concrete inputs give concrete values.
             traced = trace(module, keys, staged=False, **options)
     except Exception as error:
-        _note_shape_tuples(error, args)
+        _note_likely_causes(error, args, with_state)
         raise
     values = compute(module, traced, abstract=abstract, on_device=sharding is None)
     if not abstract:
@@ -312,8 +339,18 @@ def _check_specs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
                 )
 
 
-def _note_shape_tuples(error: Exception, args: tuple[Any, ...]) -> None:
-    """If an input looks like a shape given where a spec was meant, say so."""
+def _note_likely_causes(error: Exception, args: tuple[Any, ...], with_state: bool) -> None:
+    """Where lazymod can tell what went wrong, say what to do, in a note."""
+    if (
+        not with_state
+        and isinstance(error, TypeError)
+        and "required positional argument: 'state'" in str(error)
+    ):
+        error.add_note(
+            "(lazymod: the method takes a state: initialize a stateful model with "
+            "lazymod.init_with_state(model, key, *inputs); lazymod.init_shapes, "
+            "lazymod.summary and lazymod.restore take with_state=True.)"
+        )
     for index, arg in enumerate(args):
         if isinstance(arg, tuple) and arg and all(isinstance(d, int) for d in arg):
             error.add_note(

@@ -37,7 +37,13 @@ def normalize_keys(key: Any) -> dict[str, PRNGKeyArray]:
 
 def _one_key(key: Any, where: str) -> PRNGKeyArray:
     if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
-        return jax.random.key(int(key))
+        try:
+            return jax.random.key(int(key))
+        except OverflowError:
+            raise ValueError(
+                f"lazymod.init: {where} is the int seed {int(key)}, which does not fit in "
+                "64 bits; pass a smaller seed, or a jax.random.key(...)."
+            ) from None
     if isinstance(key, (jax.Array, np.ndarray)):
         if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
             if key.shape == ():

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from ._errors import InitError
-from ._init import init_shapes
+from ._init import shapes_of
 from ._paths import display_path
 
 
@@ -72,7 +72,14 @@ def restore(
         assert (restored.layers[0].weight == trained.layers[0].weight).all()
         ```
     """
-    skeleton = init_shapes(model, *args, method=method, with_state=with_state, **kwargs)
+    skeleton = shapes_of(
+        model,
+        args=args,
+        kwargs=kwargs,
+        method=method,
+        with_state=with_state,
+        entry="lazymod.restore",
+    )
     leaves, treedef = jtu.tree_flatten_with_path(skeleton)
     values: list[Any] = []
     mismatches: list[str] = []

@@ -53,7 +53,7 @@ class Initializer(eqx.Module):
     fn: Callable[[Any], jax.Array] = eqx.field(static=True)
     stream: str = eqx.field(static=True, default="params")
     partition: tuple[str | tuple[str, ...] | None, ...] | None = eqx.field(
-        static=True, default=None, converter=lambda p: None if p is None else tuple(p)
+        static=True, default=None, converter=lambda p: _as_partition(p)
     )
 
     def __check_init__(self) -> None:
@@ -67,6 +67,12 @@ class Initializer(eqx.Module):
                 f"lazymod.Initializer(..., stream=...) must be a str; got "
                 f"{type(self.stream).__name__}."
             )
+        if self.partition is not None and not isinstance(self.partition, tuple):
+            raise TypeError(
+                "lazymod.Initializer(..., partition=...) takes a sequence with one entry "
+                "per array axis (a mesh axis name, a tuple of names, or None), like "
+                f"('data', None); got {self.partition!r}."
+            )
         if self.partition is not None and not all(
             axis is None
             or isinstance(axis, str)
@@ -77,6 +83,17 @@ class Initializer(eqx.Module):
                 "lazymod.Initializer(..., partition=...) takes one entry per array axis: a "
                 f"mesh axis name, a tuple of names, or None; got {self.partition!r}."
             )
+
+
+def _as_partition(partition: Any) -> Any:
+    """`partition=` as a tuple; anything that is not a sequence is left for
+    `Initializer.__check_init__` to refuse with a clear message."""
+    if partition is None or isinstance(partition, str):
+        return partition
+    try:
+        return tuple(partition)
+    except TypeError:
+        return partition
 
 
 class Placeholder(eqx.Module):

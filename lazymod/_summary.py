@@ -104,6 +104,7 @@ def summary(
             capture_intermediates=True,
             with_state=with_state,
             abstract=True,
+            entry="lazymod.summary",
         )
 
     # The forward pass's own keyword arguments (a `key=` among them) travel as one dict.

@@ -86,6 +86,7 @@ def trace(
     kwargs: dict[str, Any],
     capture: Capture,
     staged: bool,
+    entry: str = "lazymod.init",
 ) -> Traced:
     """Trace the three mechanisms on `module` with these inputs. With `staged`, every
     value is staged into the jaxpr (the evaluator computes it afterwards); without,
@@ -105,7 +106,7 @@ def trace(
         call_args, call_kwargs = jtu.tree_unflatten(input_treedef, leaves)
         context.trace = current_trace()
         try:
-            result = _run_mechanisms(module, context, function, call_args, call_kwargs)
+            result = _run_mechanisms(module, context, function, call_args, call_kwargs, entry)
             outputs, skeleton = _take_arrays(result, context)
         finally:
             context.release()  # no reference to a tracer may outlive the trace
@@ -139,6 +140,7 @@ def _run_mechanisms(
     function: Callable[..., Any] | None,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
+    entry: str,
 ) -> Any:
     """The three mechanisms, in the seed's order; returns the tree init returns."""
     working = _run_initializers(module, context)
@@ -154,7 +156,7 @@ def _run_mechanisms(
             try:
                 function(working, *args, **kwargs)
             except Exception as error:
-                error.add_note(f"(while lazymod.init ran {type(module).__name__})")
+                error.add_note(f"(while {entry} ran {type(module).__name__})")
                 raise
     context.phase = Phase.DONE
     for path, submodule in modules:
@@ -205,8 +207,10 @@ def _run_initializer(
     key = derive_key(context.root_key(stream), stream, "initializer", path)
     try:
         value = initializer.fn(key)
-    except (InitError, UninitializedError):
+    except UninitializedError:
         raise
+    except InitError as error:  # say which field's Initializer it came from
+        raise InitError(f"{where}: {error}") from error
     except Exception as error:
         raise InitError(
             f"{where}: its Initializer raised {type(error).__name__}: {error}"

@@ -424,6 +424,34 @@ ROWS = [
         ),
     ),
     Row(
+        "next-key-inside-an-initializer",
+        lambda: make_initializer_model(lambda key: jax.random.normal(lm.next_key(), (2,))),
+        lambda m: lm.init(m, 0),
+        lm.InitError,
+        (r"Holder\.table: lazymod\.next_key\(\) was called inside an Initializer", "lambda key"),
+    ),
+    Row(
+        "initializer-partition-not-a-sequence",
+        lambda: None,
+        lambda m: lm.Initializer(lambda key: jnp.zeros(2), partition=3),
+        TypeError,
+        ("partition=.*takes a sequence with one entry per array axis", "got 3|partition"),
+    ),
+    Row(
+        "int-seed-too-large",
+        Model,
+        lambda m: lm.init(m, 2**70, spec(5)),
+        ValueError,
+        ("int seed 1180591620717411303424, which does not fit in 64 bits", "smaller seed"),
+    ),
+    Row(
+        "groups-not-dividing-channels",
+        lambda: lm.nn.GroupNorm(3),
+        lambda m: lm.init(m, 0, spec(4, 5)),
+        lm.InitError,
+        (r"divisible by groups=3; got an input of shape \(4, 5\)", "Give groups= a divisor of 4"),
+    ),
+    Row(
         "restore-mismatch",
         Model,
         lambda m: lm.restore(m, saved(lm.init(Model(), 0, spec(4))), spec(5)),
@@ -488,6 +516,10 @@ def test_every_row_is_in_the_docs_errors_page():
         "that is not an int",
         "with an empty axis",
         "Python needs the value of an input",
+        "was called inside an Initializer",
+        "does not fit in 64 bits",
+        "a divisor of",
+        "takes a sequence with one entry",
     ):
         assert phrase in page, phrase
 
@@ -530,3 +562,30 @@ def test_a_shape_tuple_given_for_a_spec_gets_a_note_with_the_fix():
         lm.init(Model(), 0, (784,))
     notes = getattr(info.value, "__notes__", [])
     assert any("args[0] is the tuple (784,)" in n and "ShapeDtypeStruct((784,)" in n for n in notes)
+
+
+def test_a_stateful_model_given_to_init_is_told_about_init_with_state():
+    class Stateful(lm.Module):
+        norm: lm.nn.BatchNorm
+
+        def __call__(self, x, state):
+            return self.norm(x, state)
+
+    with pytest.raises(TypeError, match="'state'") as info:
+        lm.init(Stateful(lm.nn.BatchNorm("batch")), 0, spec(4))
+    assert any("lazymod.init_with_state(model, key" in n for n in info.value.__notes__)
+
+
+def test_notes_name_the_entry_point_the_user_called():
+    class Fails(lm.Module):
+        def __call__(self, x):
+            raise RuntimeError("forward failed")
+
+    for call, entry in (
+        (lambda: lm.summary(Fails(), spec(2)), "lazymod.summary"),
+        (lambda: lm.init_shapes(Fails(), spec(2)), "lazymod.init_shapes"),
+        (lambda: lm.restore(Fails(), io.BytesIO(b""), spec(2)), "lazymod.restore"),
+    ):
+        with pytest.raises(RuntimeError, match="forward failed") as info:
+            call()
+        assert f"(while {entry} ran Fails)" in info.value.__notes__

@@ -34,7 +34,9 @@ def _in_channels(layer: "Convolution", x: Array) -> int:
         raise layer._bad_input(f"a rank-{n + 1} array of shape (in_channels, {spatial})", x)
     if x.shape[0] % layer.groups != 0:
         raise layer._bad_input(
-            f"in_channels (the input's first axis) divisible by groups={layer.groups}", x
+            f"in_channels (the input's first axis) divisible by groups={layer.groups}",
+            x,
+            f"Give groups= a divisor of {x.shape[0]}.",
         )
     return x.shape[0]
 

@@ -41,12 +41,16 @@ class LazyLayer(Module):
     def _init_result(self) -> Any:
         return self if is_sentinel(self.layer) else self.layer
 
-    def _bad_input(self, expected: str, got: Any) -> InitError:
-        """An error naming this layer's path, the expected and the received shape."""
+    def _bad_input(self, expected: str, got: Any, fix: str | None = None) -> InitError:
+        """An error naming this layer's path, the expected and the received shape, and
+        the fix (by default, for a batched input: vmap)."""
         shape = getattr(got, "shape", None)
         received = f"shape {tuple(shape)}" if shape is not None else type(got).__name__
+        fix = fix or (
+            "lazymod.nn layers take unbatched inputs, as Equinox layers do: apply "
+            "jax.vmap over the batch axis."
+        )
         return InitError(
             f"{describe(self)} ({type(self).__name__}): expected {expected}; got an input "
-            f"of {received}. lazymod.nn layers take unbatched inputs, as Equinox layers "
-            "do: apply jax.vmap over the batch axis."
+            f"of {received}. {fix}"
         )

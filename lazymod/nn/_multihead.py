@@ -91,6 +91,7 @@ class MultiheadAttention(LazyLayer):
                 f"`key_` and `value` of the same sequence length; `key_` has shape "
                 f"{tuple(key_.shape)} and `value`",
                 value,
+                "Give key_ and value one entry per position of the same sequence.",
             )
         query_size = query.shape[1]
         if (self.qk_size is None or self.vo_size is None) and query_size % self.num_heads:
@@ -98,6 +99,7 @@ class MultiheadAttention(LazyLayer):
                 f"a query size divisible by num_heads={self.num_heads} (or give qk_size "
                 "and vo_size explicitly)",
                 query,
+                f"Give num_heads= a divisor of {query_size}, or qk_size= and vo_size=.",
             )
         return eqx.nn.MultiheadAttention(
             self.num_heads,

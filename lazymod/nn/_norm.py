@@ -155,7 +155,9 @@ class GroupNorm(LazyLayer):
             raise self._bad_input("an array of shape (channels, ...)", x)
         if x.shape[0] % self.groups != 0:
             raise self._bad_input(
-                f"channels (the input's first axis) divisible by groups={self.groups}", x
+                f"channels (the input's first axis) divisible by groups={self.groups}",
+                x,
+                f"Give groups= a divisor of {x.shape[0]}.",
             )
         return eqx.nn.GroupNorm(
             self.groups, x.shape[0], self.eps, self.channelwise_affine, self.dtype
