@@ -452,6 +452,13 @@ ROWS = [
         (r"divisible by groups=3; got an input of shape \(4, 5\)", "Give groups= a divisor of 4"),
     ),
     Row(
+        "integer-spec-into-a-conv",
+        lambda: lm.nn.Conv2d(4, 3),
+        lambda m: lm.init(m, 0, spec(3, 8, 8, dtype=jnp.int32)),
+        lm.InitError,
+        (r"Conv2d \(Conv2d\): expected a floating-point input", "float dtype such as jnp.float32"),
+    ),
+    Row(
         "restore-mismatch",
         Model,
         lambda m: lm.restore(m, saved(lm.init(Model(), 0, spec(4))), spec(5)),
@@ -520,6 +527,8 @@ def test_every_row_is_in_the_docs_errors_page():
         "does not fit in 64 bits",
         "a divisor of",
         "takes a sequence with one entry",
+        "expected a floating-point input",
+        "expected an array",
     ):
         assert phrase in page, phrase
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
 from .._context import next_key
@@ -32,6 +33,13 @@ def _in_channels(layer: "Convolution", x: Array) -> int:
     if x.ndim != n + 1:
         spatial = ", ".join(f"dim_{i}" for i in range(1, n + 1))
         raise layer._bad_input(f"a rank-{n + 1} array of shape (in_channels, {spatial})", x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise layer._bad_input(
+            "a floating-point input",
+            x,
+            f"Its dtype is {x.dtype}: give the input (or spec) a float dtype such as "
+            "jnp.float32; integers (token ids) need an embedding first.",
+        )
     if x.shape[0] % layer.groups != 0:
         raise layer._bad_input(
             f"in_channels (the input's first axis) divisible by groups={layer.groups}",

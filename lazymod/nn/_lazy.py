@@ -27,8 +27,16 @@ class LazyLayer(Module):
         """The Equinox layer: built from the inputs' shapes while init runs this layer
         (in init's own trace, so also inside a `jax.lax.scan` of the forward pass)."""
         if self.initializing() and is_sentinel(self.layer):
-            shape = getattr(args[0], "shape", None) if args else None
-            if shape is not None and 0 in shape:
+            first = args[0] if args else None
+            shape = getattr(first, "shape", None)
+            if shape is None or not hasattr(first, "dtype"):
+                raise self._bad_input(
+                    "an array",
+                    first,
+                    "Pass a jax.Array or a jax.ShapeDtypeStruct (for a shape, "
+                    "jax.ShapeDtypeStruct((784,), jnp.float32), not the tuple).",
+                )
+            if 0 in shape:
                 raise InitError(
                     f"{describe(self)} ({type(self).__name__}): got an input of shape "
                     f"{tuple(shape)}, with an empty axis, from which no size can be "
