@@ -174,7 +174,7 @@ class InitContext:
         self, module: Any, path: KeyPath, method: Callable[..., Any], args: Any, kwargs: Any
     ) -> Any:
         """Run `method(module, *args, **kwargs)` as init runs a module's method: the
-        first call may build, later ones reuse; `__call__` outputs may be captured."""
+        first call may build, later ones reuse; its output may be captured."""
         self.sync(module, path)
         outermost = self.running_calls.get(path, 0) == 0
         first = (path, method.__name__) not in self.first_inputs
@@ -195,10 +195,8 @@ class InitContext:
             # Name the innermost module that raised, once (outer calls see the note).
             if not any(note.startswith(_RAISED_IN) for note in getattr(error, "__notes__", ())):
                 self.raised_in = f"{self.where(path)} ({type(module).__name__}.{method.__name__})"
-                error.add_note(
-                    f"{_RAISED_IN}{self.where(path)} ({type(module).__name__}.{method.__name__}), "
-                    f"called with inputs {describe_inputs(args, kwargs)})"
-                )
+                inputs = describe_inputs(args, kwargs)
+                error.add_note(f"{_RAISED_IN}{self.raised_in}, called with inputs {inputs})")
             raise
         finally:
             self.stack.pop()
