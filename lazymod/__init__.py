@@ -1,11 +1,11 @@
 """lazymod: lazy, shape-inferred initialization for Equinox modules."""
 
 from . import nn as nn
-from ._context import next_key as next_key
 from ._errors import InitError as InitError, UninitializedError as UninitializedError
 from ._init import init as init, init_shapes as init_shapes, init_with_state as init_with_state
 from ._module import Module as Module
 from ._restore import restore as restore
+from ._running import next_key as next_key
 from ._sentinels import (
     Initializer as Initializer,
     is_initialized as is_initialized,

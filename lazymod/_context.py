@@ -6,7 +6,8 @@ modules to their paths, and their placeholders are `TaggedPlaceholder`s, whose s
 tag survives the copies a forward pass makes (`eqx.filter_vmap`, `eqx.tree_at`). What
 `rng_init` and `if self.initializing():` blocks assign is recorded by (path, field);
 the working module at that path, which parents read, holds the same value.
-The state lives in a `ContextVar`, so inits in different threads never meet.
+`_running.py` keeps the running one in a `ContextVar`, so inits in different threads
+never meet.
 """
 
 import contextlib
@@ -15,7 +16,6 @@ import enum
 import functools
 import itertools
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from typing import Any
 
 import jax
@@ -311,98 +311,3 @@ def current_trace() -> Any:
     """The JAX trace that operations are staged into right now."""
     with jex_core.take_current_trace() as trace:
         return trace
-
-
-_current: ContextVar[InitContext | None] = ContextVar("lazymod_init", default=None)
-
-
-def current_context() -> InitContext | None:
-    """The init running in this thread (or task), if any."""
-    return _current.get()
-
-
-@contextlib.contextmanager
-def active(context: InitContext) -> Iterator[InitContext]:
-    token = _current.set(context)
-    try:
-        yield context
-    finally:
-        _current.reset(token)
-
-
-@contextlib.contextmanager
-def in_init_trace() -> Iterator[None]:
-    """Stage operations into init's own trace, even inside a transformation that the
-    forward pass applies (`jax.lax.scan`, `jax.vmap`, ...). A layer built from shapes
-    and keys only can then be built where it is first called, and its arrays do not
-    belong to that transformation."""
-    context = _current.get()
-    if context is None or context.trace is None or context.trace is current_trace():
-        yield
-        return
-    with jex_core.set_current_trace(context.trace):
-        yield
-
-
-def describe(module: Any) -> str:
-    """Where `module` sits in the tree being initialized, as an error message names it
-    (`Model.layers[0]`); its type name outside init."""
-    context = _current.get()
-    path = None if context is None else context.path_of(module)
-    if path is None:
-        return type(module).__name__
-    assert context is not None
-    return context.where(path)
-
-
-def next_key(stream: str = DEFAULT_STREAM) -> PRNGKeyArray:
-    """A fresh random key, for use inside `rng_init` or an `if self.initializing():`
-    block while `lazymod.init` runs.
-
-    The key is derived from the key given to `lazymod.init` for `stream` (falling back
-    to `"params"`), the path of the module that asks, and how many keys that module has
-    drawn so far in this phase. Modules elsewhere in the tree never change it.
-
-    **Arguments:**
-
-    - `stream`: the RNG stream to draw from (default `"params"`).
-
-    **Returns:**
-
-    A typed key array, as made by `jax.random.key`.
-
-    **Raises:**
-
-    [`lazymod.InitError`][] when called outside `lazymod.init`.
-
-    !!! example
-
-        ```python
-        import jax
-        import lazymod as lm
-
-        class Noise(lm.Module):
-            a: jax.Array = lm.lazy()
-
-            def rng_init(self):
-                self.a = jax.random.normal(lm.next_key(), shape=(2,))
-
-        assert Noise().init(0).a.shape == (2,)
-        ```
-    """
-    if not isinstance(stream, str):
-        raise TypeError(f"lazymod.next_key(stream) takes a str; got {type(stream).__name__}.")
-    context = _current.get()
-    if context is not None and context.phase is Phase.INITIALIZERS:
-        raise InitError(
-            "lazymod.next_key() was called inside an Initializer's function, which "
-            "gets its key as its argument: write lazymod.Initializer(lambda key: ...) "
-            "and use that key (or draw several with jax.random.split(key))."
-        )
-    if context is None or not context.stack:
-        raise InitError(
-            "lazymod.next_key() was called outside lazymod.init. It draws keys only "
-            "while init runs, inside `rng_init` or an `if self.initializing():` block; "
-            "elsewhere, pass a key explicitly (for example `key=` at call time)."
-        )
-    return context.next_key(stream)

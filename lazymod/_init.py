@@ -19,11 +19,10 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.tree_util as jtu
-import numpy as np
 
 from ._context import Capture
 from ._errors import InitError
+from ._inputs import check_specs, note_likely_causes, resolve_method
 from ._keys import normalize_keys
 from ._paths import display_path
 from ._sentinels import Initializer, sentinels_with_paths
@@ -292,7 +291,7 @@ def initialize(
     keys = normalize_keys(key)
     function = resolve_method(module, method, has_inputs=bool(args or kwargs))
     check_no_lazy_module_twice(module)
-    _check_specs(args, kwargs)
+    check_specs(args, kwargs)
     if with_state and function is not None:
         args = (*args, initial_state(module))
     options = dict(
@@ -308,7 +307,7 @@ def initialize(
             # it op by op, so concrete inputs give concrete values.
             traced = trace(module, keys, staged=False, **options)
     except Exception as error:
-        _note_likely_causes(error, args, with_state)
+        note_likely_causes(error, args, with_state)
         raise
     values = compute(module, traced, abstract=abstract, on_device=sharding is None)
     if not abstract:
@@ -318,87 +317,10 @@ def initialize(
     return (split_state(result, abstract) if with_state else result), intermediates
 
 
-def _check_specs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-    """Refuse a `jax.ShapeDtypeStruct` input whose shape no array can have."""
-    for path, leaf in jtu.tree_leaves_with_path((args, kwargs)):
-        if not isinstance(leaf, jax.ShapeDtypeStruct):
-            continue
-        where = f"the input {'args' if path[0].idx == 0 else 'kwargs'}{jtu.keystr(path[1:])}"
-        for dim in leaf.shape:
-            if isinstance(dim, bool) or not isinstance(dim, int | np.integer):
-                raise TypeError(
-                    f"lazymod.init: {where} is a jax.ShapeDtypeStruct of shape "
-                    f"{leaf.shape}, with a dimension {dim!r} that is not an int; give "
-                    "every dimension as an int, e.g. jax.ShapeDtypeStruct((784,), jnp.float32)."
-                )
-            if dim < 0:
-                raise ValueError(
-                    f"lazymod.init: {where} is a jax.ShapeDtypeStruct of shape "
-                    f"{leaf.shape}, with a negative dimension {dim}; every dimension "
-                    "must be 0 or more."
-                )
-
-
-def _note_likely_causes(error: Exception, args: tuple[Any, ...], with_state: bool) -> None:
-    """Where lazymod can tell what went wrong, say what to do, in a note."""
-    if (
-        not with_state
-        and isinstance(error, TypeError)
-        and "required positional argument: 'state'" in str(error)
-    ):
-        error.add_note(
-            "(lazymod: the method takes a state: initialize a stateful model with "
-            "lazymod.init_with_state(model, key, *inputs); lazymod.init_shapes, "
-            "lazymod.summary and lazymod.restore take with_state=True.)"
-        )
-    for index, arg in enumerate(args):
-        if isinstance(arg, tuple) and arg and all(isinstance(d, int) for d in arg):
-            error.add_note(
-                f"(lazymod: the input args[{index}] is the tuple {arg!r}. To pass a shape, "
-                f"pass a spec: jax.ShapeDtypeStruct({arg!r}, jnp.float32).)"
-            )
-
-
 @functools.cache
 def abstract_key() -> jax.ShapeDtypeStruct:
     """The shape of a key, for init under `jax.eval_shape`."""
     return jax.eval_shape(jax.random.key, 0)
-
-
-def resolve_method(
-    module: Any, method: str | Callable[..., Any] | None, has_inputs: bool
-) -> Callable[..., Any] | None:
-    """The function init runs on the inputs: `__call__` by default, a method named by
-    `method`, or `method` itself; `None` when there is nothing to run."""
-    name = type(module).__name__
-    if method is None:
-        if not has_inputs:
-            return None
-        if not callable(module):
-            raise TypeError(
-                f"lazymod.init got inputs, but {name} is not callable; pass `method=` "
-                "(a method name or a function f(module, *inputs)) to say what to run."
-            )
-        return type(module).__call__
-    if isinstance(method, str):
-        function = getattr(type(module), method, None)
-        if not callable(function):
-            raise AttributeError(f"lazymod.init: {name} has no method {method!r}.")
-        return function
-    if callable(method):
-        bound_to = getattr(method, "__self__", None)
-        if bound_to is None:
-            return method
-        if bound_to is module:
-            return method.__func__  # pyright: ignore[reportFunctionMemberAccess]
-        raise TypeError(
-            "lazymod.init: `method` is a method bound to another object; pass the "
-            f"method's name, or an unbound function such as `{name}.<method>`."
-        )
-    raise TypeError(
-        f"lazymod.init: `method` must be a method name, a function or None; got "
-        f"{type(method).__name__}."
-    )
 
 
 def _check_complete(result: Any, partial: bool) -> None:

@@ -9,10 +9,10 @@ from typing import Any, TYPE_CHECKING
 
 import jax.tree_util as jtu
 
-from ._context import current_context
 from ._errors import UninitializedError
 from ._init import init
 from ._paths import display_path
+from ._running import current_context
 from ._sentinels import field_items, is_sentinel
 from ._tree import LazyNode
 

@@ -7,7 +7,8 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
-from ._init import abstract_key, initialize, resolve_method
+from ._init import abstract_key, initialize
+from ._inputs import resolve_method
 from ._paths import path_str
 
 

@@ -21,10 +21,11 @@ import numpy as np
 from jax.extend import core as jex_core
 from jaxtyping import PRNGKeyArray
 
-from ._context import active, Capture, current_trace, InitContext, Phase
+from ._context import Capture, current_trace, InitContext, Phase
 from ._errors import InitError, UninitializedError
 from ._keys import derive_key
 from ._paths import display_path, KeyPath
+from ._running import active
 from ._sentinels import default_sentinels_with_paths, Initializer, is_sentinel
 from ._tree import init_result, lazy_modules, STAND_INS
 

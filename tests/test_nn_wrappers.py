@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import lazymod as lm
-from lazymod._context import next_key
+from lazymod._running import next_key
 from lazymod.nn._lazy import LazyLayer
 from lazymod.nn._linear import Linear
 from lazymod.nn._spectral_norm import SpectralNorm

@@ -9,7 +9,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
-from .._context import next_key
+from .._running import next_key
 from ._lazy import LazyLayer
 
 

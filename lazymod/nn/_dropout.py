@@ -3,8 +3,8 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
-from .._context import next_key
 from .._module import Module
+from .._running import next_key
 from .._tree import stand_in_during_init
 
 

@@ -5,9 +5,9 @@ from typing import Any
 
 import equinox as eqx
 
-from .._context import describe, in_init_trace
 from .._errors import InitError
 from .._module import Module
+from .._running import describe, in_init_trace
 from .._sentinels import is_sentinel, lazy
 
 

@@ -5,7 +5,7 @@ from typing import Any, Literal
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
-from .._context import next_key
+from .._running import next_key
 from ._lazy import LazyLayer
 
 

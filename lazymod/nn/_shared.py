@@ -3,9 +3,9 @@ from typing import Any
 
 import equinox as eqx
 
-from .._context import describe
 from .._errors import InitError
 from .._module import Module
+from .._running import describe
 from .._tree import init_result
 
 

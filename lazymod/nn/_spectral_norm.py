@@ -3,8 +3,8 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
-from .._context import describe, next_key
 from .._errors import InitError
+from .._running import describe, next_key
 from .._stateful import with_layer_state
 from ._weight_norm import Wrapper
 

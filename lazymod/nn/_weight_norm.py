@@ -8,9 +8,9 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, PRNGKeyArray
 
-from .._context import describe
 from .._errors import InitError
 from .._module import Module
+from .._running import describe
 from .._sentinels import is_initialized, is_sentinel, lazy
 from .._tree import init_result
 

@@ -1,0 +1,86 @@
+"""What init is given to run: the method, the input specs (checked at the door), and
+notes on likely mistakes in them when the forward pass fails."""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.tree_util as jtu
+import numpy as np
+
+
+def resolve_method(
+    module: Any, method: str | Callable[..., Any] | None, has_inputs: bool
+) -> Callable[..., Any] | None:
+    """The function init runs on the inputs: `__call__` by default, a method named by
+    `method`, or `method` itself; `None` when there is nothing to run."""
+    name = type(module).__name__
+    if method is None:
+        if not has_inputs:
+            return None
+        if not callable(module):
+            raise TypeError(
+                f"lazymod.init got inputs, but {name} is not callable; pass `method=` "
+                "(a method name or a function f(module, *inputs)) to say what to run."
+            )
+        return type(module).__call__
+    if isinstance(method, str):
+        function = getattr(type(module), method, None)
+        if not callable(function):
+            raise AttributeError(f"lazymod.init: {name} has no method {method!r}.")
+        return function
+    if callable(method):
+        bound_to = getattr(method, "__self__", None)
+        if bound_to is None:
+            return method
+        if bound_to is module:
+            return method.__func__  # pyright: ignore[reportFunctionMemberAccess]
+        raise TypeError(
+            "lazymod.init: `method` is a method bound to another object; pass the "
+            f"method's name, or an unbound function such as `{name}.<method>`."
+        )
+    raise TypeError(
+        f"lazymod.init: `method` must be a method name, a function or None; got "
+        f"{type(method).__name__}."
+    )
+
+
+def check_specs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse a `jax.ShapeDtypeStruct` input whose shape no array can have."""
+    for path, leaf in jtu.tree_leaves_with_path((args, kwargs)):
+        if not isinstance(leaf, jax.ShapeDtypeStruct):
+            continue
+        where = f"the input {'args' if path[0].idx == 0 else 'kwargs'}{jtu.keystr(path[1:])}"
+        for dim in leaf.shape:
+            if isinstance(dim, bool) or not isinstance(dim, int | np.integer):
+                raise TypeError(
+                    f"lazymod.init: {where} is a jax.ShapeDtypeStruct of shape "
+                    f"{leaf.shape}, with a dimension {dim!r} that is not an int; give "
+                    "every dimension as an int, e.g. jax.ShapeDtypeStruct((784,), jnp.float32)."
+                )
+            if dim < 0:
+                raise ValueError(
+                    f"lazymod.init: {where} is a jax.ShapeDtypeStruct of shape "
+                    f"{leaf.shape}, with a negative dimension {dim}; every dimension "
+                    "must be 0 or more."
+                )
+
+
+def note_likely_causes(error: Exception, args: tuple[Any, ...], with_state: bool) -> None:
+    """Where lazymod can tell what went wrong, say what to do, in a note."""
+    if (
+        not with_state
+        and isinstance(error, TypeError)
+        and "required positional argument: 'state'" in str(error)
+    ):
+        error.add_note(
+            "(lazymod: the method takes a state: initialize a stateful model with "
+            "lazymod.init_with_state(model, key, *inputs); lazymod.init_shapes, "
+            "lazymod.summary and lazymod.restore take with_state=True.)"
+        )
+    for index, arg in enumerate(args):
+        if isinstance(arg, tuple) and arg and all(isinstance(d, int) for d in arg):
+            error.add_note(
+                f"(lazymod: the input args[{index}] is the tuple {arg!r}. To pass a shape, "
+                f"pass a spec: jax.ShapeDtypeStruct({arg!r}, jnp.float32).)"
+            )

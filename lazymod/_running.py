@@ -1,0 +1,109 @@
+"""The init running now: the `InitContext` of this thread (or asyncio task), and what
+modules and layers ask of it: `next_key`, `describe`, `in_init_trace`."""
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+from jax.extend import core as jex_core
+from jaxtyping import PRNGKeyArray
+
+from ._context import current_trace, InitContext, Phase
+from ._errors import InitError
+from ._keys import DEFAULT_STREAM
+
+
+_current: ContextVar[InitContext | None] = ContextVar("lazymod_init", default=None)
+
+
+def current_context() -> InitContext | None:
+    """The init running in this thread (or task), if any."""
+    return _current.get()
+
+
+@contextlib.contextmanager
+def active(context: InitContext) -> Iterator[InitContext]:
+    token = _current.set(context)
+    try:
+        yield context
+    finally:
+        _current.reset(token)
+
+
+@contextlib.contextmanager
+def in_init_trace() -> Iterator[None]:
+    """Stage operations into init's own trace, even inside a transformation that the
+    forward pass applies (`jax.lax.scan`, `jax.vmap`, ...). A layer built from shapes
+    and keys only can then be built where it is first called, and its arrays do not
+    belong to that transformation."""
+    context = _current.get()
+    if context is None or context.trace is None or context.trace is current_trace():
+        yield
+        return
+    with jex_core.set_current_trace(context.trace):
+        yield
+
+
+def describe(module: Any) -> str:
+    """Where `module` sits in the tree being initialized, as an error message names it
+    (`Model.layers[0]`); its type name outside init."""
+    context = _current.get()
+    path = None if context is None else context.path_of(module)
+    if path is None:
+        return type(module).__name__
+    assert context is not None
+    return context.where(path)
+
+
+def next_key(stream: str = DEFAULT_STREAM) -> PRNGKeyArray:
+    """A fresh random key, for use inside `rng_init` or an `if self.initializing():`
+    block while `lazymod.init` runs.
+
+    The key is derived from the key given to `lazymod.init` for `stream` (falling back
+    to `"params"`), the path of the module that asks, and how many keys that module has
+    drawn so far in this phase. Modules elsewhere in the tree never change it.
+
+    **Arguments:**
+
+    - `stream`: the RNG stream to draw from (default `"params"`).
+
+    **Returns:**
+
+    A typed key array, as made by `jax.random.key`.
+
+    **Raises:**
+
+    [`lazymod.InitError`][] when called outside `lazymod.init`.
+
+    !!! example
+
+        ```python
+        import jax
+        import lazymod as lm
+
+        class Noise(lm.Module):
+            a: jax.Array = lm.lazy()
+
+            def rng_init(self):
+                self.a = jax.random.normal(lm.next_key(), shape=(2,))
+
+        assert Noise().init(0).a.shape == (2,)
+        ```
+    """
+    if not isinstance(stream, str):
+        raise TypeError(f"lazymod.next_key(stream) takes a str; got {type(stream).__name__}.")
+    context = _current.get()
+    if context is not None and context.phase is Phase.INITIALIZERS:
+        raise InitError(
+            "lazymod.next_key() was called inside an Initializer's function, which "
+            "gets its key as its argument: write lazymod.Initializer(lambda key: ...) "
+            "and use that key (or draw several with jax.random.split(key))."
+        )
+    if context is None or not context.stack:
+        raise InitError(
+            "lazymod.next_key() was called outside lazymod.init. It draws keys only "
+            "while init runs, inside `rng_init` or an `if self.initializing():` block; "
+            "elsewhere, pass a key explicitly (for example `key=` at call time)."
+        )
+    return context.next_key(stream)
