@@ -1,7 +1,12 @@
 """lazymod: lazy, shape-inferred initialization for Equinox modules."""
 
 from . import nn as nn
-from ._errors import InitError as InitError, UninitializedError as UninitializedError
+from ._errors import (
+    InitError as InitError,
+    InitTypeError as InitTypeError,
+    InitValueError as InitValueError,
+    UninitializedError as UninitializedError,
+)
 from ._init import init as init, init_shapes as init_shapes, init_with_state as init_with_state
 from ._module import Module as Module
 from ._restore import restore as restore

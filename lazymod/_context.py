@@ -24,7 +24,7 @@ import numpy as np
 from jax.extend import core as jex_core
 from jaxtyping import PRNGKeyArray
 
-from ._errors import InitError, UninitializedError
+from ._errors import init_error_like, InitError, UninitializedError
 from ._keys import DEFAULT_STREAM, derive_key
 from ._paths import describe_inputs, KeyPath, path_str
 from ._sentinels import field_items, Placeholder, Tag, TaggedPlaceholder
@@ -212,7 +212,7 @@ class InitContext:
         now = describe_inputs(args, kwargs)
         if first == now:
             return
-        raise InitError(
+        raise init_error_like(error)(
             f"{self.where(path)} ({type(module).__name__}): called again during init "
             f"with inputs {now}, but it was built on its first call, for inputs {first}; "
             f"the second call raised {type(error).__name__}: {error}\nA layer is built "

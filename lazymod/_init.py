@@ -291,7 +291,7 @@ def initialize(
     keys = normalize_keys(key)
     function = resolve_method(module, method, has_inputs=bool(args or kwargs))
     check_no_lazy_module_twice(module)
-    check_specs(args, kwargs)
+    check_specs(args, kwargs, entry)
     if with_state and function is not None:
         args = (*args, initial_state(module))
     options = dict(

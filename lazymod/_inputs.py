@@ -8,6 +8,8 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
+from ._errors import InitTypeError, InitValueError
+
 
 def resolve_method(
     module: Any, method: str | Callable[..., Any] | None, has_inputs: bool
@@ -45,7 +47,7 @@ def resolve_method(
     )
 
 
-def check_specs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def check_specs(args: tuple[Any, ...], kwargs: dict[str, Any], entry: str) -> None:
     """Refuse a `jax.ShapeDtypeStruct` input whose shape no array can have."""
     for path, leaf in jtu.tree_leaves_with_path((args, kwargs)):
         if not isinstance(leaf, jax.ShapeDtypeStruct):
@@ -53,14 +55,14 @@ def check_specs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         where = f"the input {'args' if path[0].idx == 0 else 'kwargs'}{jtu.keystr(path[1:])}"
         for dim in leaf.shape:
             if isinstance(dim, bool) or not isinstance(dim, int | np.integer):
-                raise TypeError(
-                    f"lazymod.init: {where} is a jax.ShapeDtypeStruct of shape "
+                raise InitTypeError(
+                    f"{entry}: {where} is a jax.ShapeDtypeStruct of shape "
                     f"{leaf.shape}, with a dimension {dim!r} that is not an int; give "
                     "every dimension as an int, e.g. jax.ShapeDtypeStruct((784,), jnp.float32)."
                 )
             if dim < 0:
-                raise ValueError(
-                    f"lazymod.init: {where} is a jax.ShapeDtypeStruct of shape "
+                raise InitValueError(
+                    f"{entry}: {where} is a jax.ShapeDtypeStruct of shape "
                     f"{leaf.shape}, with a negative dimension {dim}; every dimension "
                     "must be 0 or more."
                 )
@@ -78,6 +80,18 @@ def note_likely_causes(error: Exception, args: tuple[Any, ...], with_state: bool
             "lazymod.init_with_state(model, key, *inputs); lazymod.init_shapes, "
             "lazymod.summary and lazymod.restore take with_state=True.)"
         )
+    if "dtype" in str(error):
+        integers = [
+            f"args{jtu.keystr(path)} has dtype {np.dtype(leaf.dtype).name}"
+            for path, leaf in jtu.tree_leaves_with_path(args)
+            if hasattr(leaf, "dtype") and not np.issubdtype(leaf.dtype, np.inexact)
+        ]
+        if integers:
+            error.add_note(
+                f"(lazymod: the input {integers[0]}; layers compute in floating point: "
+                "give the input (or spec) a float dtype such as jnp.float32, or, for "
+                "token ids, an embedding first.)"
+            )
     for index, arg in enumerate(args):
         if isinstance(arg, tuple) and arg and all(isinstance(d, int) for d in arg):
             error.add_note(

@@ -84,6 +84,7 @@ def restore(
     values: list[Any] = []
     mismatches: list[str] = []
     damaged = False
+    read_any = False  # whether the file has given a value yet
     # Read in the order eqx.tree_serialise_leaves wrote: the leaves' flattening order,
     # arrays with numpy's format, Python scalars too, everything else not at all.
     with _opened(path_or_file) as file:
@@ -102,10 +103,17 @@ def restore(
                     isinstance(leaf, jax.ShapeDtypeStruct) or eqx.is_array_like(leaf)
                     for _, leaf in leaves[index:]
                 )
-                mismatches.append(
-                    f"{where}: expected {_describe(like)}; the checkpoint ends before it "
-                    f"({missing} value{'s' if missing > 1 else ''} missing)"
-                )
+                if not read_any:
+                    mismatches.append(
+                        f"{where}: expected {_describe(like)}; the checkpoint is empty (it "
+                        f"holds none of the model's {missing} values: an interrupted save?)"
+                    )
+                    damaged = True
+                else:
+                    mismatches.append(
+                        f"{where}: expected {_describe(like)}; the checkpoint ends before "
+                        f"it ({missing} value{'s' if missing > 1 else ''} missing)"
+                    )
                 break
             except Exception as error:  # a damaged or foreign file: NumPy cannot read on
                 first_line = str(error).splitlines()[0] if str(error) else ""
@@ -116,6 +124,7 @@ def restore(
                 )
                 damaged = True
                 break
+            read_any = True
             if is_array and (found.shape != like.shape or found.dtype != like.dtype):
                 mismatches.append(f"{where}: expected {_describe(like)}, found {_describe(found)}")
             elif is_array:
@@ -135,8 +144,13 @@ def restore(
         raise InitError(
             f"lazymod.restore: the checkpoint {source} does not match "
             f"{type(model).__name__} as built from these inputs ({len(mismatches)} "
-            f"mismatch{'es' if len(mismatches) > 1 else ''}):\n{listing}\nPass the inputs "
-            "(shapes) and constructor arguments the checkpoint was saved with."
+            f"mismatch{'es' if len(mismatches) > 1 else ''}):\n{listing}\n"
+            + (
+                "Restore from an intact file written by eqx.tree_serialise_leaves."
+                if damaged
+                else "Pass the inputs (shapes) and constructor arguments the checkpoint "
+                "was saved with."
+            )
         )
     return jtu.tree_unflatten(treedef, values)
 

@@ -22,7 +22,7 @@ from jax.extend import core as jex_core
 from jaxtyping import PRNGKeyArray
 
 from ._context import Capture, current_trace, InitContext, Phase
-from ._errors import InitError, UninitializedError
+from ._errors import init_error_like, InitError, InitTypeError, UninitializedError
 from ._keys import derive_key
 from ._paths import display_path, KeyPath
 from ._running import active
@@ -124,7 +124,7 @@ def trace(
         if staged:  # the caller runs it again, unstaged, for real arrays
             raise
         where = context.raised_in or context.root_name
-        raise InitError(
+        raise InitTypeError(
             f"{where}: Python needs the value of an input here (`if`, `int()`, "
             "`bool()`, `.item()`, or NumPy on it), but lazymod.init knows this input "
             "only as a jax.ShapeDtypeStruct (or as a tracer of a jax.jit around "
@@ -211,9 +211,9 @@ def _run_initializer(
     except UninitializedError:
         raise
     except InitError as error:  # say which field's Initializer it came from
-        raise InitError(f"{where}: {error}") from error
+        raise init_error_like(error)(f"{where}: {error}") from error
     except Exception as error:
-        raise InitError(
+        raise init_error_like(error)(
             f"{where}: its Initializer raised {type(error).__name__}: {error}"
         ) from error
     if isinstance(value, np.ndarray):
@@ -234,7 +234,7 @@ def _run_rng_init(module: Any, path: KeyPath, context: InitContext) -> None:
         except (InitError, UninitializedError):
             raise
         except Exception as error:
-            raise InitError(
+            raise init_error_like(error)(
                 f"{context.where(path)} ({type(module).__name__}): rng_init raised "
                 f"{type(error).__name__}: {error}"
             ) from error

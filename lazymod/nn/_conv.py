@@ -9,6 +9,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
+from .._errors import InitTypeError
 from .._running import next_key
 from ._lazy import LazyLayer
 
@@ -39,6 +40,7 @@ def _in_channels(layer: "Convolution", x: Array) -> int:
             x,
             f"Its dtype is {x.dtype}: give the input (or spec) a float dtype such as "
             "jnp.float32; integers (token ids) need an embedding first.",
+            InitTypeError,
         )
     if x.shape[0] % layer.groups != 0:
         raise layer._bad_input(
@@ -74,6 +76,13 @@ class Convolution(LazyLayer):
         fields must be hashable)."""
         for name, value in arguments.items():
             setattr(self, name, _hashable(value))
+        groups, out_channels = arguments.get("groups", 1), arguments["out_channels"]
+        if isinstance(groups, int) and groups > 0 and out_channels % groups != 0:
+            raise ValueError(
+                f"lazymod.nn.{type(self).__name__}: out_channels={out_channels} is not "
+                f"divisible by groups={groups}; each group makes out_channels / groups "
+                "channels. Give groups= a divisor of out_channels."
+            )
 
     def _build(self, x: Array, **_: Any) -> eqx.Module:
         arguments = {

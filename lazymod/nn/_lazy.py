@@ -5,7 +5,7 @@ from typing import Any
 
 import equinox as eqx
 
-from .._errors import InitError
+from .._errors import InitError, InitTypeError, InitValueError
 from .._module import Module
 from .._running import describe, in_init_trace
 from .._sentinels import is_sentinel, lazy
@@ -35,9 +35,10 @@ class LazyLayer(Module):
                     first,
                     "Pass a jax.Array or a jax.ShapeDtypeStruct (for a shape, "
                     "jax.ShapeDtypeStruct((784,), jnp.float32), not the tuple).",
+                    InitTypeError,
                 )
             if 0 in shape:
-                raise InitError(
+                raise InitValueError(
                     f"{describe(self)} ({type(self).__name__}): got an input of shape "
                     f"{tuple(shape)}, with an empty axis, from which no size can be "
                     "inferred. Give an input (or spec) whose dimensions are at least 1."
@@ -49,16 +50,23 @@ class LazyLayer(Module):
     def _init_result(self) -> Any:
         return self if is_sentinel(self.layer) else self.layer
 
-    def _bad_input(self, expected: str, got: Any, fix: str | None = None) -> InitError:
+    def _bad_input(
+        self,
+        expected: str,
+        got: Any,
+        fix: str | None = None,
+        kind: type[InitError] = InitValueError,
+    ) -> InitError:
         """An error naming this layer's path, the expected and the received shape, and
-        the fix (by default, for a batched input: vmap)."""
+        the fix (by default, for a batched input: vmap). It is an `InitValueError` (a
+        shape problem) unless `kind` says otherwise."""
         shape = getattr(got, "shape", None)
         received = f"shape {tuple(shape)}" if shape is not None else type(got).__name__
         fix = fix or (
             "lazymod.nn layers take unbatched inputs, as Equinox layers do: apply "
             "jax.vmap over the batch axis."
         )
-        return InitError(
+        return kind(
             f"{describe(self)} ({type(self).__name__}): expected {expected}; got an input "
             f"of {received}. {fix}"
         )
