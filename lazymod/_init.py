@@ -20,6 +20,7 @@ from typing import Any
 import equinox as eqx
 import jax
 
+from ._collection import collection_paused
 from ._context import Capture
 from ._errors import InitError
 from ._inputs import check_specs, note_likely_causes, resolve_method
@@ -269,6 +270,7 @@ def shapes_of(
     return eqx.filter_eval_shape(run, module, abstract_key(), args, kwargs)
 
 
+@collection_paused()
 def initialize(
     module: Any,
     key: Any,

@@ -92,3 +92,30 @@ def test_an_exception_inside_init_leaves_no_state_behind_in_the_thread():
         model = pool.submit(in_thread).result()
     assert tree_bit_equal(model, run(JOBS[0]))
     assert jnp.isfinite(model(jnp.ones(3))).all()
+
+
+def test_init_pauses_the_garbage_collector_and_turns_it_back_on():
+    import gc
+
+    class Checks(lm.Module):
+        w: jax.Array = lm.lazy()
+
+        def __call__(self, x):
+            if self.initializing():
+                seen.append(gc.isenabled())
+                self.w = jnp.zeros(x.shape)
+            return x
+
+    seen: list[bool] = []
+    assert gc.isenabled()
+    lm.init(Checks(), 0, jax.ShapeDtypeStruct((2,), jnp.float32))
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(TypeError):
+        lm.init(Checks(), 0, jax.ShapeDtypeStruct((2.0,), jnp.float32))
+    assert gc.isenabled()  # also after an init that raised
+    gc.disable()
+    try:
+        lm.init(Checks(), 0, jax.ShapeDtypeStruct((2,), jnp.float32))
+        assert not gc.isenabled()  # left off, as the user had it
+    finally:
+        gc.enable()
