@@ -24,6 +24,7 @@ import numpy as np
 from jax.extend import core as jex_core
 from jaxtyping import PRNGKeyArray
 
+from ._blame import blame
 from ._errors import init_error_like, InitError, UninitializedError
 from ._keys import DEFAULT_STREAM, derive_key
 from ._paths import describe_inputs, KeyPath, path_str
@@ -192,11 +193,7 @@ class InitContext:
         except Exception as error:
             if outermost and not first:
                 self._raise_called_again(module, path, method.__name__, args, kwargs, error)
-            # Name the innermost module that raised, once (outer calls see the note).
-            if not any(note.startswith(_RAISED_IN) for note in getattr(error, "__notes__", ())):
-                self.raised_in = f"{self.where(path)} ({type(module).__name__}.{method.__name__})"
-                inputs = describe_inputs(args, kwargs)
-                error.add_note(f"{_RAISED_IN}{self.raised_in}, called with inputs {inputs})")
+            self.note_raised_in(error, module, path, (method.__name__, args, kwargs))
             raise
         finally:
             self.stack.pop()
@@ -204,6 +201,25 @@ class InitContext:
         if self.intermediates is not None:
             self._capture(module, path, method.__name__, out)
         return out
+
+    def note_raised_in(
+        self, error: Exception, module: Any, path: KeyPath, call: tuple[str, Any, Any] | None
+    ) -> None:
+        """Name, in a note, the innermost module `error` came from, once (outer calls
+        see the note): an Equinox layer inside `module` that raised (found by `blame`),
+        else `module` itself, running `call` (its method's name, args and kwargs)."""
+        if any(note.startswith(_RAISED_IN) for note in getattr(error, "__notes__", ())):
+            return
+        blamed = blame(error, module)
+        if blamed is not None and (blamed.path or call is None):
+            path, module, call_text = path + blamed.path, blamed.module, blamed.method
+            inputs = blamed.inputs
+        elif call is not None:
+            call_text, inputs = call[0], describe_inputs(call[1], call[2])
+        else:
+            return
+        self.raised_in = f"{self.where(path)} ({type(module).__name__}.{call_text})"
+        error.add_note(f"{_RAISED_IN}{self.raised_in}, called with inputs {inputs})")
 
     def _raise_called_again(
         self, module: Any, path: KeyPath, name: str, args: Any, kwargs: Any, error: Exception
@@ -237,7 +253,7 @@ class InitContext:
         try:
             wanted = self.capture_filter(module, method)
         except Exception as error:
-            raise InitError(
+            raise init_error_like(error)(
                 f"{self.where(path)} ({type(module).__name__}): the capture_intermediates "
                 f"filter raised {type(error).__name__}: {error}"
             ) from error
@@ -270,8 +286,9 @@ class InitContext:
             raise InitError(
                 f"lazymod.init was given keys for the streams {sorted(self.keys)}, but a "
                 f"key was drawn from the stream {stream!r} and there is no "
-                f"{DEFAULT_STREAM!r} key to fall back to. Add {stream!r} or "
-                f"{DEFAULT_STREAM!r} to the dict of keys."
+                f"{DEFAULT_STREAM!r} key to fall back to. Add "
+                + (f"{stream!r} or " if stream != DEFAULT_STREAM else "")
+                + f"{DEFAULT_STREAM!r} to the dict of keys."
             ) from None
 
     def next_key(self, stream: str) -> PRNGKeyArray:

@@ -184,6 +184,7 @@ def init_with_state(
         method=method,
         partial=partial,
         with_state=True,
+        entry="lazymod.init_with_state",
     )
     return result
 
@@ -291,7 +292,7 @@ def initialize(
     (under `jax.eval_shape`), every array is left as the `jax.ShapeDtypeStruct` the
     trace gives, and nothing is computed."""
     keys = normalize_keys(key)
-    function = resolve_method(module, method, has_inputs=bool(args or kwargs))
+    function = resolve_method(module, method, has_inputs=bool(args or kwargs), entry=entry)
     check_no_lazy_module_twice(module)
     check_specs(args, kwargs, entry)
     if with_state and function is not None:
@@ -309,13 +310,13 @@ def initialize(
             # it op by op, so concrete inputs give concrete values.
             traced = trace(module, keys, staged=False, **options)
     except Exception as error:
-        note_likely_causes(error, args, with_state)
+        note_likely_causes(error, args, with_state, entry)
         raise
     values = compute(module, traced, abstract=abstract, on_device=sharding is None)
     if not abstract:
         values = place(module, values, traced.skeleton.array_paths, sharding)
     result, intermediates = traced.skeleton.unflatten(values)
-    _check_complete(result, partial)
+    _check_complete(result, partial, entry, ran=function is not None)
     return (split_state(result, abstract) if with_state else result), intermediates
 
 
@@ -325,7 +326,7 @@ def abstract_key() -> jax.ShapeDtypeStruct:
     return jax.eval_shape(jax.random.key, 0)
 
 
-def _check_complete(result: Any, partial: bool) -> None:
+def _check_complete(result: Any, partial: bool, entry: str, ran: bool) -> None:
     if partial:
         return
     left = sentinels_with_paths(result)
@@ -335,10 +336,23 @@ def _check_complete(result: Any, partial: bool) -> None:
             f"({'Initializer' if isinstance(leaf, Initializer) else 'lazy placeholder'})"
             for path, leaf in left
         )
+        if not ran:
+            why = (
+                "No inputs were given, so no forward pass ran to build them. Pass the "
+                f"inputs (or their specs): {entry}(model, ..., jax.ShapeDtypeStruct("
+                "shape, dtype))"
+            )
+        else:
+            why = (
+                "The inputs never reached the code that sets them (a branch not taken, "
+                "or a method not run). Pass inputs (or `method=`) that reach them"
+            )
+        if entry in ("lazymod.init", "lazymod.init_with_state", "lazymod.init_shapes"):
+            why += (
+                ", or `partial=True` to get the partly initialized module and initialize "
+                "the rest with a later lazymod.init"
+            )
         raise InitError(
-            f"lazymod.init left {len(left)} field{'s' if len(left) > 1 else ''} "
-            f"uninitialized:\n{lines}\nThe inputs never reached the code that sets "
-            "them (a branch not taken, or a method not run). Pass inputs (or `method=`) "
-            "that reach them, or `partial=True` to get the partly initialized module "
-            "and initialize the rest with a later lazymod.init."
+            f"{entry} left {len(left)} field{'s' if len(left) > 1 else ''} "
+            f"uninitialized:\n{lines}\n{why}."
         )

@@ -1,6 +1,9 @@
 """What init is given to run: the method, the input specs (checked at the door), and
 notes on likely mistakes in them when the forward pass fails."""
 
+import difflib
+import io
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -12,24 +15,35 @@ from ._errors import InitTypeError, InitValueError
 
 
 def resolve_method(
-    module: Any, method: str | Callable[..., Any] | None, has_inputs: bool
+    module: Any,
+    method: str | Callable[..., Any] | None,
+    has_inputs: bool,
+    entry: str = "lazymod.init",
 ) -> Callable[..., Any] | None:
     """The function init runs on the inputs: `__call__` by default, a method named by
     `method`, or `method` itself; `None` when there is nothing to run."""
     name = type(module).__name__
+    if isinstance(module, (str, bytes, os.PathLike, io.IOBase)) or module is None:
+        raise TypeError(
+            f"{entry} takes the module first, as in {entry}(model, ...); got "
+            f"{type(module).__name__}."
+        )
     if method is None:
         if not has_inputs:
             return None
         if not callable(module):
             raise TypeError(
-                f"lazymod.init got inputs, but {name} is not callable; pass `method=` "
+                f"{entry} got inputs, but {name} is not callable; pass `method=` "
                 "(a method name or a function f(module, *inputs)) to say what to run."
             )
         return type(module).__call__
     if isinstance(method, str):
         function = getattr(type(module), method, None)
         if not callable(function):
-            raise AttributeError(f"lazymod.init: {name} has no method {method!r}.")
+            names = [n for n in dir(type(module)) if callable(getattr(type(module), n, None))]
+            close = difflib.get_close_matches(method, names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise AttributeError(f"{entry}: {name} has no method {method!r}.{hint}")
         return function
     if callable(method):
         bound_to = getattr(method, "__self__", None)
@@ -38,12 +52,11 @@ def resolve_method(
         if bound_to is module:
             return method.__func__  # pyright: ignore[reportFunctionMemberAccess]
         raise TypeError(
-            "lazymod.init: `method` is a method bound to another object; pass the "
+            f"{entry}: `method` is a method bound to another object; pass the "
             f"method's name, or an unbound function such as `{name}.<method>`."
         )
     raise TypeError(
-        f"lazymod.init: `method` must be a method name, a function or None; got "
-        f"{type(method).__name__}."
+        f"{entry}: `method` must be a method name, a function or None; got {type(method).__name__}."
     )
 
 
@@ -68,8 +81,30 @@ def check_specs(args: tuple[Any, ...], kwargs: dict[str, Any], entry: str) -> No
                 )
 
 
-def note_likely_causes(error: Exception, args: tuple[Any, ...], with_state: bool) -> None:
+def note_likely_causes(
+    error: Exception, args: tuple[Any, ...], with_state: bool, entry: str = "lazymod.init"
+) -> None:
     """Where lazymod can tell what went wrong, say what to do, in a note."""
+    too_many = isinstance(error, TypeError) and "positional argument" in str(error)
+    too_many = too_many and "were given" in str(error)
+    if with_state and too_many:
+        error.add_note(
+            f"(lazymod: {entry} passes the state after the inputs, as the last "
+            "argument; a model whose method takes no state is initialized with "
+            "lazymod.init"
+            + (")" if entry == "lazymod.init_with_state" else ", or with_state=False.)")
+        )
+    first = args[0] if args else None
+    is_key = isinstance(first, jax.Array) and jax.dtypes.issubdtype(
+        first.dtype, jax.dtypes.prng_key
+    )
+    takes_no_key = entry in ("lazymod.init_shapes", "lazymod.summary", "lazymod.restore")
+    if too_many and takes_no_key and (is_key or type(first) is int):
+        error.add_note(
+            f"(lazymod: the input args[0] is {first!r}, but {entry} takes no key: "
+            f"{entry}(model, {'path_or_file, ' if entry == 'lazymod.restore' else ''}"
+            "*inputs).)"
+        )
     if (
         not with_state
         and isinstance(error, TypeError)

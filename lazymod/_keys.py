@@ -56,6 +56,12 @@ def _one_key(key: Any, where: str) -> PRNGKeyArray:
                 problem = f"a uint32 array of shape {key.shape}, which is not a legacy key"
         else:
             problem = f"an array of dtype {key.dtype} and shape {key.shape}"
+            if isinstance(key, jax.core.Tracer) and key.shape == ():
+                problem += (
+                    " (under jax.jit an int seed becomes a traced array: use "
+                    "eqx.filter_jit(lazymod.init), which keeps it a Python int, or pass "
+                    "jax.random.key(seed))"
+                )
     else:
         problem = f"{type(key).__name__} {key!r}"
     raise TypeError(f"lazymod.init: {where} must be {_ACCEPTED}; got {problem}.")

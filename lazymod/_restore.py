@@ -1,4 +1,5 @@
 import contextlib
+import io
 import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
@@ -72,6 +73,16 @@ def restore(
         assert (restored.layers[0].weight == trained.layers[0].weight).all()
         ```
     """
+    if isinstance(model, (str, pathlib.Path, io.IOBase)) and isinstance(path_or_file, eqx.Module):
+        raise TypeError(
+            "lazymod.restore takes the model first, then the file: "
+            "lazymod.restore(model, path_or_file, *inputs)."
+        )
+    if isinstance(path_or_file, io.TextIOBase):
+        raise TypeError(
+            "lazymod.restore: the file is open in text mode; checkpoints are binary: "
+            "open it with open(path, 'rb'), or pass the path."
+        )
     skeleton = shapes_of(
         model,
         args=args,
@@ -93,7 +104,7 @@ def restore(
             if not is_array and not eqx.is_array_like(like):
                 values.append(like)  # static, or a function: not in the file
                 continue
-            where = display_path(skeleton, path)
+            where = _where(skeleton, path, with_state)
             try:
                 found = (
                     jnp.load(file) if is_array else eqx.default_deserialise_filter_spec(file, like)
@@ -103,7 +114,14 @@ def restore(
                     isinstance(leaf, jax.ShapeDtypeStruct) or eqx.is_array_like(leaf)
                     for _, leaf in leaves[index:]
                 )
-                if not read_any:
+                if with_state and path[0].idx == 1:
+                    mismatches.append(
+                        "the state: the checkpoint ends before it. Was it saved from the "
+                        "model alone? Save eqx.tree_serialise_leaves(file, (model, state)), "
+                        "or restore the model alone (with_state=False)"
+                    )
+                    damaged = True
+                elif not read_any:
                     mismatches.append(
                         f"{where}: expected {_describe(like)}; the checkpoint is empty (it "
                         f"holds none of the model's {missing} values: an interrupted save?)"
@@ -153,6 +171,16 @@ def restore(
             )
         )
     return jtu.tree_unflatten(treedef, values)
+
+
+def _where(skeleton: Any, path: Any, with_state: bool) -> str:
+    """`Model.head.weight`, or with `with_state`, the model's or the state's part."""
+    if not with_state:
+        return display_path(skeleton, path)
+    model, _ = skeleton
+    if path[0].idx == 0:
+        return display_path(model, path[1:])
+    return "the state"
 
 
 def _weak_as_made(found: jax.Array, like: jax.ShapeDtypeStruct) -> jax.Array:

@@ -6,7 +6,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ._errors import InitError
+from ._errors import init_error_like, InitError
 from ._paths import display_path, KeyPath, path_str
 from ._sentinels import Initializer, sentinels_with_paths
 
@@ -24,6 +24,15 @@ def place(
     then the captured intermediates, which go to the default device."""
     if isinstance(sharding, jax.sharding.Mesh):
         sharding = _annotation_rule(module, sharding)
+    elif not (
+        sharding is None or isinstance(sharding, jax.sharding.Sharding) or _is_rule(sharding)
+    ):
+        raise TypeError(
+            "lazymod.init: `sharding` must be a jax.sharding.Mesh, a "
+            "jax.sharding.Sharding, a function rule(path, leaf) -> Sharding | None, or "
+            f"None; got {type(sharding).__name__}. For one device, pass "
+            "jax.sharding.SingleDeviceSharding(device)."
+        )
     placed = list(values)
     host: list[int] = []  # host arrays bound for the default device: one transfer
     for i, value in enumerate(values):
@@ -31,12 +40,30 @@ def place(
         if i < len(array_paths) and sharding is not None:
             target = _sharding_for(module, array_paths[i], value, sharding)
         if target is not None:
-            placed[i] = jax.device_put(value, target)  # inside jit: a sharding constraint
+            placed[i] = _put(module, array_paths[i], value, target)
         elif isinstance(value, np.ndarray):
             host.append(i)
     for i, value in zip(host, jax.device_put([values[i] for i in host])):
         placed[i] = value
     return placed
+
+
+def _is_rule(sharding: Any) -> bool:
+    return callable(sharding) and not isinstance(sharding, (str, jax.Device))
+
+
+def _put(module: Any, path: KeyPath, value: Any, target: jax.sharding.Sharding) -> Any:
+    """`jax.device_put` (inside jit: a sharding constraint), naming the array when the
+    sharding does not fit it."""
+    try:
+        return jax.device_put(value, target)
+    except (ValueError, TypeError) as error:
+        raise init_error_like(error)(
+            f"{display_path(module, path)}: the sharding {target} does not fit its "
+            f"shape {tuple(value.shape)}: {type(error).__name__}: "
+            f"{str(error).splitlines()[0]} Give this array a sharding with one entry per "
+            "axis, each dividing its size (a rule can look at leaf.shape)."
+        ) from error
 
 
 def _annotation_rule(module: Any, mesh: jax.sharding.Mesh) -> ShardingRule:
@@ -74,7 +101,7 @@ def _sharding_for(
     try:
         target = sharding(path_str(path), leaf)
     except Exception as error:
-        raise InitError(
+        raise init_error_like(error)(
             f"{display_path(module, path)}: the sharding rule raised "
             f"{type(error).__name__}: {error}"
         ) from error

@@ -6,7 +6,7 @@ from typing import Any
 import equinox as eqx
 import jax.tree_util as jtu
 
-from ._errors import InitError
+from ._errors import InitValueError
 
 
 def initial_state(module: Any) -> eqx.nn.State:
@@ -16,7 +16,7 @@ def initial_state(module: Any) -> eqx.nn.State:
     try:
         return eqx.nn.State(module)
     except ValueError as error:  # Equinox: an initial state was deleted
-        raise InitError(
+        raise InitValueError(  # Equinox raises ValueError
             f"{type(module).__name__}: a stateful layer in it has no initial state any "
             "more (a model returned by lazymod.init_with_state or eqx.nn.make_with_state "
             "keeps its state apart). Initialize the lazy model instead, or use the "

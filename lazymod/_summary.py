@@ -86,7 +86,9 @@ def summary(
         assert "55,050 parameters" in table
         ```
     """
-    function = resolve_method(model, method, has_inputs=bool(args or kwargs))
+    function = resolve_method(
+        model, method, has_inputs=bool(args or kwargs), entry="lazymod.summary"
+    )
     outputs: list[Any] = []
 
     def run_and_keep_output(module: Any, *args: Any, **kwargs: Any) -> Any:

@@ -22,7 +22,13 @@ from jax.extend import core as jex_core
 from jaxtyping import PRNGKeyArray
 
 from ._context import Capture, current_trace, InitContext, Phase
-from ._errors import init_error_like, InitError, InitTypeError, UninitializedError
+from ._errors import (
+    init_error_like,
+    InitError,
+    InitTypeError,
+    InitValueError,
+    UninitializedError,
+)
 from ._keys import derive_key
 from ._paths import display_path, KeyPath
 from ._running import active
@@ -157,6 +163,8 @@ def _run_mechanisms(
             try:
                 function(working, *args, **kwargs)
             except Exception as error:
+                if not isinstance(error, (InitError, UninitializedError)):  # named already
+                    context.note_raised_in(error, working, (), None)
                 error.add_note(f"(while {entry} ran {type(module).__name__})")
                 raise
     context.phase = Phase.DONE
@@ -246,7 +254,7 @@ def _check_static_fields(module: Any, path: KeyPath, context: InitContext) -> No
             continue
         value = getattr(module, field.name, None)
         if any(isinstance(leaf, jax.core.Tracer) for leaf in jtu.tree_leaves(value)):
-            raise InitError(
+            raise InitTypeError(
                 f"{context.where(path)}.{field.name}: a traced array was assigned to this "
                 "static field during init, which would leak a tracer. Static fields hold "
                 "Python values (ints, strings, shapes); declare the field without "
@@ -264,12 +272,19 @@ def _take_arrays(result: Any, context: InitContext) -> tuple[list[jax.Array], Sk
     foreign = [path for i, path in zip(positions, paths) if _is_foreign_tracer(context, leaves[i])]
     if foreign:
         names = ", ".join(display_path(result, path) for path in foreign)
-        raise InitError(
+        raise InitTypeError(  # JAX's UnexpectedTracerError is a TypeError
             f"{names}: assigned a value traced inside a JAX transformation that the "
             "forward pass applies (jax.vmap, jax.lax.scan, jax.jit, ...); it cannot leave "
             "that transformation. Assign fields from shapes and keys only, or outside "
             "the transformation."
         )
+    for i, path in zip(positions, paths):
+        if any(d < 0 for d in leaves[i].shape):
+            raise InitValueError(
+                f"{display_path(result, path)}: init made it with the shape "
+                f"{tuple(leaves[i].shape)}, which has a negative dimension. Check the sizes "
+                "given to its layer's constructor, its Initializer or rng_init."
+            )
     inter_leaves, inter_treedef = jtu.tree_flatten(context.intermediates)
     inter_positions = [i for i, leaf in enumerate(inter_leaves) if isinstance(leaf, jax.Array)]
     outputs = [leaves[i] for i in positions] + [inter_leaves[i] for i in inter_positions]

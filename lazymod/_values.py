@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-from ._errors import InitError
+from ._errors import InitTypeError
 from ._paths import display_path
 from ._trace import Traced
 
@@ -155,7 +155,7 @@ def _as_array(value: Any, aval: Any) -> Any:
 
 def _raise_data_dependent(module: Any, traced: Traced, leaked: list[int]) -> None:
     names = [display_path(module, traced.skeleton.array_paths[i]) for i in leaked]
-    raise InitError(
+    raise InitTypeError(  # JAX's error for a tracer where a value is needed is a TypeError
         f"{', '.join(names)}: "
         f"{'these values depend' if len(names) > 1 else 'this value depends'} "
         "on the values of an input that lazymod.init only knows as a "

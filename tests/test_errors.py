@@ -178,7 +178,7 @@ class Stateful(lm.Module):
     norm: lm.nn.BatchNorm
 
     def __init__(self):
-        self.norm = lm.nn.BatchNorm("batch")
+        self.norm = lm.nn.BatchNorm("batch", mode="batch")
 
     def __call__(self, x, state):
         return self.norm(x, state)
@@ -197,6 +197,24 @@ class Embeds(lm.Module):
 
     def __call__(self, x):
         return self.embed(x)
+
+
+class FromInit(lm.Module):
+    """A module whose field's shape comes from its constructor's argument."""
+
+    size: int = eqx.field(static=True)
+    w: jax.Array = lm.lazy()
+
+    def rng_init(self):
+        self.w = jax.random.normal(lm.next_key(), (self.size,))
+
+    def __call__(self, x, *, key=None):
+        return x
+
+
+def row_split():
+    mesh = jax.make_mesh((1,), ("model",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("model", None))
 
 
 def damaged(cut: slice | None = None, replace: bytes | None = None) -> io.BytesIO:
@@ -591,8 +609,129 @@ ROWS = [
         "float-spec-into-an-embedding",
         Embeds,
         lambda m: lm.init(m, 0, spec(3)),
+        lm.InitTypeError,
+        (r"Embeds\.embed \(Embedding\): expected an integer index", r"\(3,\)", "jnp.int32"),
+    ),
+    Row(
+        "negative-size-for-a-layer",
+        Model,
+        lambda m: lm.init(lm.nn.Sequential([lm.nn.Linear(4), FromInit(-3)]), 0, spec(5)),
+        lm.InitValueError,
+        (r"Sequential\.layers\[1\]\.w: init made it with the shape \(-3,\)", "negative"),
+    ),
+    Row(
+        "layer-size-not-an-int",
+        lambda: None,
+        lambda m: lm.nn.Linear("10"),
+        TypeError,
+        ("lazymod.nn.Linear: out_features must be an int; got str|parameter 'out_features'",),
+    ),
+    Row(
+        "layer-size-zero",
+        lambda: None,
+        lambda m: lm.nn.Conv2d(8, kernel_size=0),
         ValueError,
-        ("scalar index", r"Embeds\.embed \(Embedding.__call__\)", r"float32\[3\]"),
+        ("lazymod.nn.Conv2d: kernel_size must be at least 1; got 0",),
+    ),
+    Row(
+        "plain-equinox-layer-fails-inside-a-sequential",
+        lambda: eqx.nn.Sequential([lm.nn.Linear(4), eqx.nn.Linear(5, 2, key=jax.random.key(0))]),
+        lambda m: lm.init(m, 0, spec(3)),
+        TypeError,
+        (
+            r"raised in Sequential\.layers\[1\] \(Linear.__call__\), "
+            r"called with inputs \(float32\[4\]\)",
+        ),
+    ),
+    Row(
+        "re-init-of-a-built-model-with-other-shapes",
+        lambda: lm.init(Model(), 0, spec(4)),
+        lambda m: lm.init(m, 0, spec(8)),
+        TypeError,
+        (r"raised in Model\.head \(Linear.__call__\), called with inputs \(float32\[8\]\)",),
+    ),
+    Row(
+        "sharding-not-a-rule",
+        Model,
+        lambda m: lm.init(m, 0, spec(5), sharding="model"),
+        TypeError,
+        ("`sharding` must be a jax.sharding.Mesh.*got str|parameter 'sharding'",),
+    ),
+    Row(
+        "sharding-that-does-not-fit-the-array",
+        Model,
+        lambda m: lm.init(m, 0, spec(5), sharding=lambda path, leaf: row_split()),
+        lm.InitValueError,
+        (r"Model\.head\.bias: the sharding .* does not fit its shape \(2,\)", "one entry per axis"),
+    ),
+    Row(
+        "summary-without-inputs",
+        Model,
+        lambda m: lm.summary(m),
+        lm.InitError,
+        ("lazymod.summary left 1 field uninitialized", "No inputs were given", "their specs"),
+    ),
+    Row(
+        "method-name-misspelt",
+        Model,
+        lambda m: lm.summary(m, spec(5), method="__cal__"),
+        AttributeError,
+        ("lazymod.summary: Model has no method '__cal__'. Did you mean '__call__'",),
+    ),
+    Row(
+        "not-a-module",
+        lambda: None,
+        lambda m: lm.init("not a module", 0, spec(3)),
+        TypeError,
+        (r"lazymod.init takes the module first, as in lazymod.init\(model, ...\); got str",),
+    ),
+    Row(
+        "init-shapes-given-a-key",
+        Model,
+        lambda m: lm.init_shapes(m, 0, spec(5)),
+        TypeError,
+        ("takes 2 positional arguments", "lazymod.init_shapes takes no key"),
+    ),
+    Row(
+        "init-with-state-of-a-model-without-state",
+        Model,
+        lambda m: lm.init_with_state(m, 0, spec(5)),
+        TypeError,
+        ("takes 2 positional arguments", "passes the state after the inputs", "with lazymod.init"),
+    ),
+    Row(
+        "jax-jit-around-init-with-an-int-seed",
+        Model,
+        lambda m: jax.jit(lm.init)(m, 0, spec(5)),
+        TypeError,
+        ("int seed becomes a traced array", r"eqx.filter_jit\(lazymod.init\)"),
+    ),
+    Row(
+        "restore-arguments-swapped",
+        Model,
+        lambda m: lm.restore(damaged(cut=slice(None)), m, spec(5)),
+        TypeError,
+        (r"the model first, then the file: lazymod.restore\(model, path_or_file|'path_or_file'",),
+    ),
+    Row(
+        "restore-from-a-text-mode-file",
+        Model,
+        lambda m: lm.restore(m, io.TextIOWrapper(damaged(cut=slice(None))), spec(5)),
+        TypeError,
+        ("open in text mode", "'rb'"),
+    ),
+    Row(
+        "restore-state-from-a-file-without-state",
+        Stateful,
+        lambda m: lm.restore(
+            m, saved(lm.init_with_state(Stateful(), 0, spec(4))[0]), spec(4), with_state=True
+        ),
+        lm.InitError,
+        (
+            "the state: the checkpoint ends before it",
+            "saved from the model alone",
+            r"\(model, state\)",
+        ),
     ),
     Row(
         "restore-truncated-file",
@@ -692,6 +831,18 @@ def test_every_row_is_in_the_docs_errors_page():
         "IntOfValues",
         "InitValueError",
         "InitTypeError",
+        "which has a negative dimension",
+        "expected an integer index",
+        "does not fit its shape",
+        "No inputs were given",
+        "saved from the model alone",
+        "must be at least 1",
+        "takes the module first",
+        "open in text mode",
+        "Did you mean",
+        "takes no key",
+        "int seed becomes a traced array",
+        "Sequential.layers[1] (Linear.__call__)",
     ):
         assert phrase in page, phrase
 

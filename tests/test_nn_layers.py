@@ -319,7 +319,7 @@ BAD = [
     (lambda: lm.nn.GroupNorm(4), (spec(6, 3),), "divisible by groups=4", "(6, 3)"),
     (lambda: lm.nn.GroupNorm(2), (spec(),), "(channels, ...)", "shape ()"),
     (lambda: lm.nn.PReLU(channelwise=True), (spec(),), "(channels, ...)", "shape ()"),
-    (lambda: lm.nn.RotaryPositionalEmbedding(), (spec(4, 5),), "even size", "(4, 5)"),
+    (lambda: lm.nn.RotaryPositionalEmbedding(), (spec(4, 5),), "an even embedding_size", "(4, 5)"),
     (lambda: lm.nn.RotaryPositionalEmbedding(), (spec(8),), "(seq_length, embedding_size)", "(8,)"),
     (lambda: lm.nn.MultiheadAttention(2), (spec(8),) * 3, "(seq_length, query_size)", "(8,)"),
     (

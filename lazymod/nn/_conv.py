@@ -11,7 +11,7 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .._errors import InitTypeError
 from .._running import next_key
-from ._lazy import LazyLayer
+from ._lazy import check_sizes, LazyLayer
 
 
 # The types of the configuration fields once `_hashable` has turned lists into tuples
@@ -74,6 +74,8 @@ class Convolution(LazyLayer):
     def __init__(self, **arguments: Any):
         """Store the Equinox constructor's arguments, sequences as tuples (static
         fields must be hashable)."""
+        sizes = ("out_channels", "kernel_size", "stride", "dilation", "groups")
+        check_sizes(type(self).__name__, **{n: arguments[n] for n in sizes if n in arguments})
         for name, value in arguments.items():
             setattr(self, name, _hashable(value))
         groups, out_channels = arguments.get("groups", 1), arguments["out_channels"]

@@ -1,10 +1,12 @@
 from typing import Any
 
 import equinox as eqx
+import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
+from .._errors import InitTypeError
 from .._module import Module
-from .._running import next_key
+from .._running import describe, next_key
 from .._sentinels import is_sentinel, lazy
 
 
@@ -94,4 +96,11 @@ class Embedding(Module):
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
         """As `equinox.nn.Embedding.__call__`: `x` an integer index (a 0-d array);
         returns its embedding vector."""
+        if self.initializing() and not jnp.issubdtype(getattr(x, "dtype", int), jnp.integer):
+            raise InitTypeError(
+                f"{describe(self)} (Embedding): expected an integer index (a token id); "
+                f"got an input of dtype {jnp.dtype(x.dtype).name} and shape "
+                f"{tuple(x.shape)}. Give the input (or spec) an integer dtype such as "
+                "jnp.int32; for a sequence, jax.vmap the embedding over it."
+            )
         return self._init_result()(x, key=key)

@@ -4,6 +4,7 @@ it sees during `lazymod.init`, runs it, and is replaced by it in the returned tr
 from typing import Any
 
 import equinox as eqx
+import numpy as np
 
 from .._errors import InitError, InitTypeError, InitValueError
 from .._module import Module
@@ -41,7 +42,9 @@ class LazyLayer(Module):
                 raise InitValueError(
                     f"{describe(self)} ({type(self).__name__}): got an input of shape "
                     f"{tuple(shape)}, with an empty axis, from which no size can be "
-                    "inferred. Give an input (or spec) whose dimensions are at least 1."
+                    "inferred. Give an input (or spec) whose dimensions are at least 1; if "
+                    "the spec has none, a layer before this one made the axis empty (a "
+                    "kernel or a stride larger than its input?)."
                 )
             with in_init_trace():
                 self.layer = self._build(*args, **kwargs)
@@ -70,3 +73,21 @@ class LazyLayer(Module):
             f"{describe(self)} ({type(self).__name__}): expected {expected}; got an input "
             f"of {received}. {fix}"
         )
+
+
+def check_sizes(layer: str, minimum: int = 1, **sizes: Any) -> None:
+    """Refuse, at construction, a size no layer can have: an int (or every int of a
+    sequence) below `minimum`, or something that is not an int. `"scalar"` passes."""
+    for name, value in sizes.items():
+        for size in value if isinstance(value, (tuple, list)) else (value,):
+            if size == "scalar":
+                continue
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+                raise TypeError(
+                    f"lazymod.nn.{layer}: {name} must be an int; got "
+                    f"{type(size).__name__} {size!r}."
+                )
+            if size < minimum:
+                raise ValueError(
+                    f"lazymod.nn.{layer}: {name} must be at least {minimum}; got {size}."
+                )

@@ -4,7 +4,7 @@ import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
 from .._running import next_key
-from ._lazy import LazyLayer
+from ._lazy import check_sizes, LazyLayer
 
 
 class Linear(LazyLayer):
@@ -37,6 +37,7 @@ class Linear(LazyLayer):
         - `use_bias`: whether to add a bias.
         - `dtype`: the parameters' dtype (default: JAX's default float dtype).
         """
+        check_sizes("Linear", 0, out_features=out_features)
         self.out_features = out_features
         self.use_bias = use_bias
         self.dtype = dtype

@@ -5,7 +5,7 @@ import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
 from .._running import next_key
-from ._lazy import LazyLayer
+from ._lazy import check_sizes, LazyLayer
 
 
 class MultiheadAttention(LazyLayer):
@@ -70,6 +70,7 @@ class MultiheadAttention(LazyLayer):
         - `inference`: if `True`, no dropout; toggled by `equinox.nn.inference_mode`.
         - `dtype`: the parameters' dtype (default: JAX's default float dtype).
         """
+        check_sizes("MultiheadAttention", num_heads=num_heads)
         self.num_heads = num_heads
         self.output_size = output_size
         self.qk_size = qk_size
@@ -88,8 +89,8 @@ class MultiheadAttention(LazyLayer):
                 raise self._bad_input(f"`{name}` of shape (seq_length, {name}_size)", x)
         if key_.shape[0] != value.shape[0]:
             raise self._bad_input(
-                f"`key_` and `value` of the same sequence length; `key_` has shape "
-                f"{tuple(key_.shape)} and `value`",
+                f"`key_` and `value` of the same sequence length (`key_` has shape "
+                f"{tuple(key_.shape)}); for `value`, it",
                 value,
                 "Give key_ and value one entry per position of the same sequence.",
             )

@@ -6,7 +6,7 @@ import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
 from .._running import next_key
-from ._lazy import LazyLayer
+from ._lazy import check_sizes, LazyLayer
 
 
 # Equinox's own default activations, so that the built MLP equals one made by hand.
@@ -67,6 +67,7 @@ class MLP(LazyLayer):
         - `dtype`: the parameters' dtype (default: JAX's default float dtype).
         - `scan`: whether the hidden layers run in a `jax.lax.scan` (as in Equinox).
         """
+        check_sizes("MLP", 0, out_size=out_size, width_size=width_size, depth=depth)
         self.out_size = out_size
         self.width_size = width_size
         self.depth = depth

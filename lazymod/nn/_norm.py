@@ -3,7 +3,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
-from ._lazy import LazyLayer
+from ._lazy import check_sizes, LazyLayer
 
 
 # `state` is optional in the normalisation layers' `__call__`, as in Equinox: given, the
@@ -145,6 +145,7 @@ class GroupNorm(LazyLayer):
         - `channelwise_affine`: whether to learn a scale and shift per channel.
         - `dtype`: the parameters' dtype (default: JAX's default float dtype).
         """
+        check_sizes("GroupNorm", groups=groups)
         self.groups = groups
         self.eps = eps
         self.channelwise_affine = channelwise_affine

@@ -3,6 +3,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
+from .._errors import InitTypeError
 from .._running import next_key
 from ._lazy import LazyLayer
 
@@ -54,7 +55,12 @@ class GRUCell(LazyLayer):
 
     def _check_hidden(self, hidden: Any) -> None:
         if getattr(hidden, "shape", None) != (self.hidden_size,):
-            raise self._bad_input(f"a hidden state of shape ({self.hidden_size},)", hidden)
+            raise self._bad_input(
+                f"a hidden state of shape ({self.hidden_size},) (hidden_size={self.hidden_size})",
+                hidden,
+                f"Give a hidden state of shape ({self.hidden_size},), or a cell whose "
+                "hidden_size= is its size; for a batch, jax.vmap the cell over both.",
+            )
 
     def _build(self, input: Array, hidden: Any) -> eqx.Module:
         if input.ndim != 1:
@@ -103,7 +109,10 @@ class LSTMCell(GRUCell):
     def _check_hidden(self, hidden: Any) -> None:
         if not (isinstance(hidden, tuple) and len(hidden) == 2):
             raise self._bad_input(
-                f"a (hidden, cell) tuple of two arrays of shape ({self.hidden_size},)", hidden
+                f"a (hidden, cell) tuple of two arrays of shape ({self.hidden_size},)",
+                hidden,
+                "Pass the state as a tuple: cell(x, (hidden, cell_state)).",
+                InitTypeError,
             )
         for state in hidden:
             super()._check_hidden(state)

@@ -68,8 +68,14 @@ class RotaryPositionalEmbedding(LazyLayer):
         self.dtype = dtype
 
     def _build(self, x: Array) -> eqx.nn.RotaryPositionalEmbedding:
-        if x.ndim != 2 or x.shape[1] % 2 != 0:
-            raise self._bad_input("an array of shape (seq_length, embedding_size), even size", x)
+        if x.ndim != 2:
+            raise self._bad_input("an array of shape (seq_length, embedding_size)", x)
+        if x.shape[1] % 2 != 0:
+            raise self._bad_input(
+                "an even embedding_size (the last axis), as rotations act on pairs",
+                x,
+                f"Give the input an even last axis; {x.shape[1]} is odd.",
+            )
         dtype = {} if self.dtype is None else {"dtype": self.dtype}
         return eqx.nn.RotaryPositionalEmbedding(x.shape[1], self.theta, **dtype)
 

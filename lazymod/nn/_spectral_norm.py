@@ -3,7 +3,7 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
-from .._errors import InitError
+from .._errors import InitValueError
 from .._running import describe, next_key
 from .._stateful import with_layer_state
 from ._weight_norm import Wrapper
@@ -70,7 +70,7 @@ class SpectralNorm(Wrapper, eqx.nn.StatefulLayer):
     def _wrap(self, inner: Any) -> eqx.nn.SpectralNorm:
         weight = getattr(inner, self.weight_name)
         if weight.ndim < 2:
-            raise InitError(
+            raise InitValueError(
                 f"{describe(self)} ({type(self).__name__}): expected the weight "
                 f"{self.weight_name!r} of the wrapped {type(inner).__name__} to have at "
                 f"least 2 dimensions; got shape {tuple(weight.shape)}."
