@@ -1,9 +1,10 @@
 """`python -m benchmarks`: init speed of lazymod against Equinox and Flax linen.
 
 Every measurement runs in a fresh process (`benchmarks.worker`), the frameworks
-interleaved and repeated, so that a noisy machine slows all of them alike. Prints the
-medians and lazymod's ratios to each peer, and writes `docs/benchmarks.md` with the
-tables and two plots (init time against depth and against batch size).
+interleaved and repeated, so that a noisy machine slows all of them alike. Each run
+(framework, model, batch, depth) is measured once: the summary table and the two sweeps
+(init time against depth and against batch size) share the runs they have in common.
+Prints the page it writes, `docs/benchmarks.md`, with its plots and results.json.
 
 Needs the bench extra: `pip install -e ".[bench]"` (flax, matplotlib).
 """
@@ -22,11 +23,60 @@ from . import report
 
 
 ROOT = Path(__file__).resolve().parent.parent
-FRAMEWORKS = ["lazymod", "equinox", "flax_lazy_init", "flax_jit"]
-MODELS = {"mlp": None, "cnn": None, "transformer": None, "deep_mlp": 1000}
+DEEP = 1000  # layers of the two deep, narrow cases
 
 
-def measure(framework: str, model: str, *, batch: int = 1, depth=None, warm: int = 5) -> dict:
+def cases(quick: bool) -> list[dict]:
+    """The summary table's rows: a model (with its depth, for the deep ones) and the
+    libraries that build it. `--quick` leaves out `jax.jit(model.init)`, the slowest
+    Flax way to init (it compiles the init: minutes for 1000 layers)."""
+    flax = ["flax_lazy_init"] if quick else ["flax_lazy_init", "flax_jit"]
+    return [
+        {"model": "mlp", "depth": None, "frameworks": ["lazymod", "equinox", *flax]},
+        {"model": "cnn", "depth": None, "frameworks": ["lazymod", "equinox", *flax]},
+        {"model": "transformer", "depth": None, "frameworks": ["lazymod", "equinox", *flax]},
+        {"model": "deep_mlp", "depth": DEEP, "frameworks": ["lazymod", "equinox", *flax]},
+        {"model": "user_list", "depth": DEEP, "frameworks": ["lazymod", "equinox"]},
+        {"model": "init_shapes", "depth": None, "frameworks": ["lazymod", "equinox"]},
+    ]
+
+
+def sweeps(quick: bool) -> dict:
+    """The two plots: which model, which option varies over which values, and which
+    frameworks."""
+    return {
+        "depth": {
+            "model": "deep_mlp",
+            "values": [10, 100, DEEP] if quick else [10, 100, 300, DEEP],
+            "frameworks": ["lazymod", "equinox", "flax_lazy_init"],
+        },
+        "batch": {
+            "model": "mlp",
+            "values": [1, 4096] if quick else [1, 64, 1024, 4096],
+            "frameworks": ["lazymod", "flax_lazy_init", "flax_eager"],
+        },
+    }
+
+
+def runs_of(cases: list[dict], sweeps: dict) -> list[dict]:
+    """Every run the page needs, each once, in the order of the cases then the sweeps."""
+    runs = [
+        {"framework": fw, "model": case["model"], "batch": 1, "depth": case["depth"]}
+        for case in cases
+        for fw in case["frameworks"]
+    ]
+    for option, sweep in sweeps.items():
+        for value in sweep["values"]:
+            for fw in sweep["frameworks"]:
+                run = {"framework": fw, "model": sweep["model"], "batch": 1, "depth": None}
+                run[option] = value
+                if run not in runs:
+                    runs.append(run)
+    return runs
+
+
+def measure(framework: str, model: str, *, warm: int, batch: int = 1, depth=None) -> dict:
+    """What `benchmarks.worker` prints for one run, in a fresh process."""
     command = [sys.executable, "-m", "benchmarks.worker", framework, model]
     command += ["--batch", str(batch), "--warm", str(warm)]
     if depth is not None:
@@ -38,37 +88,36 @@ def measure(framework: str, model: str, *, batch: int = 1, depth=None, warm: int
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def median_of(runs: list[dict], field: str) -> float:
-    if field == "warm":
-        return statistics.median(t for run in runs for t in run["warm"])
-    return statistics.median(run[field] for run in runs)
-
-
-def sweep(cases: list[tuple[str, str, dict]], repeats: int, log) -> dict:
-    """Runs every case `repeats` times, interleaved; returns {case: summary}."""
-    runs: dict = {case[:2] + (json.dumps(case[2]),): [] for case in cases}
+def measure_all(runs: list[dict], repeats: int, warm: int, log) -> list[dict]:
+    """Measures every run `repeats` times, interleaved; returns the runs with their
+    medians over processes (`warm`: over every warm init of every process)."""
+    measured: list[list[dict]] = [[] for _ in runs]
     for repeat in range(repeats):
-        for framework, model, options in cases:
-            log(f"  [{repeat + 1}/{repeats}] {framework} {model} {options}")
-            key = (framework, model, json.dumps(options))
-            runs[key].append(measure(framework, model, **options))
-    return {
-        key: {
-            "first": median_of(rs, "first"),
-            "warm": median_of(rs, "warm"),
-            "peak_rss_mb": median_of(rs, "peak_rss_mb"),
-            "rss_before_mb": median_of(rs, "rss_before_mb"),
-            "parameter_mb": rs[0]["parameter_mb"],
-            "parameters": rs[0]["parameters"],
+        for run, results in zip(runs, measured):
+            log(f"  [{repeat + 1}/{repeats}] {report.describe(run)}")
+            results.append(measure(**run, warm=warm))
+    return [
+        {
+            **run,
+            "first": statistics.median(r["first"] for r in results),
+            "warm": statistics.median(t for r in results for t in r["warm"]),
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results),
+            "rss_before_mb": statistics.median(r["rss_before_mb"] for r in results),
+            "parameter_mb": results[0]["parameter_mb"],
+            "parameters": results[0]["parameters"],
         }
-        for key, rs in runs.items()
-    }
+        for run, results in zip(runs, measured)
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per case")
-    parser.add_argument("--quick", action="store_true", help="one repeat, fewer cases")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per run")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one process per run, 3 warm inits, no Flax jit(init), fewer sweep points",
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument(
         "--report-only",
@@ -79,61 +128,31 @@ def main() -> None:
     if options.report_only:
         print(report.write(report.load(Path(options.report_only)), Path(options.out)))
         return
-    repeats = 1 if options.quick else options.repeats
+    repeats, warm = (1, 3) if options.quick else (options.repeats, 5)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    models = {"mlp": None} if options.quick else MODELS
-    log("models, fresh processes:")
-    main_table = sweep(
-        [
-            (fw, model, {"depth": depth} if depth else {})
-            for model, depth in models.items()
-            for fw in FRAMEWORKS
-        ],
-        repeats,
-        log,
-    )
-    depths = [10, 100] if options.quick else [10, 100, 300, 1000]
-    log("depth sweep (MLP 32 wide):")
-    depth_table = sweep(
-        [
-            (fw, "deep_mlp", {"depth": d})
-            for d in depths
-            for fw in ("lazymod", "equinox", "flax_lazy_init")
-        ],
-        repeats,
-        log,
-    )
-    batches = [1, 4096] if options.quick else [1, 64, 1024, 4096]
-    log("batch sweep (MLP 784 -> 7x1024 -> 10):")
-    batch_table = sweep(
-        [
-            (fw, "mlp", {"batch": b})
-            for b in batches
-            for fw in ("lazymod", "flax_lazy_init", "flax_eager")
-        ],
-        repeats,
-        log,
-    )
-    log("init_shapes of a 1 B parameter Transformer; train step parity; floors:")
-    shapes = measure("lazymod", "shapes_1b", warm=4)
+    summary, plots = cases(options.quick), sweeps(options.quick)
+    runs = runs_of(summary, plots)
+    log(f"{len(runs)} runs, {repeats} fresh process(es) each, {warm} warm inits:")
+    measured = measure_all(runs, repeats, warm, log)
+    log("train step parity; floors:")
     train = measure("lazymod", "train_step", warm=20 if options.quick else 200)
-    floors = measure("lazymod", "floors", warm=3 if options.quick else 7)
-
+    floors = measure("lazymod", "floors", warm=1 if options.quick else 7)
     results = {
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "repeats": repeats,
+            "warm": warm,
+            "quick": options.quick,
         },
-        "main": main_table,
-        "depth": depth_table,
-        "batch": batch_table,
-        "shapes_1b": shapes,
+        "cases": summary,
+        "sweeps": plots,
+        "runs": measured,
         "train_step": train,
         "floors": floors,
         "seconds": time.perf_counter() - started,

@@ -1,8 +1,9 @@
 """The benchmark models, each written three ways: lazymod (no input sizes), Equinox
-(every size by hand, as a user would write it) and Flax linen.
+(every size by hand, as a user would write it) and Flax linen (where it is natural).
 
 Every builder takes a key and a batch size and returns the initialized parameters (and
-state) as a pytree of arrays; `block` waits for them."""
+state) as a pytree of arrays, or of `jax.ShapeDtypeStruct`s for `init_shapes`; `block`
+waits for them."""
 
 from collections.abc import Callable
 from typing import Any
@@ -17,22 +18,33 @@ import lazymod as lm
 # --- the models' sizes -----------------------------------------------------------------
 
 MLP_IN, MLP_WIDTH, MLP_DEPTH, MLP_OUT = 784, 1024, 7, 10  # 7.1 M parameters
-NARROW_WIDTH = 32  # the deep, narrow MLP: depth is a parameter
+NARROW_WIDTH, DEEP_DEPTH = 32, 1000  # the deep, narrow MLPs: depth is a parameter
 CNN_CHANNELS = (32, 64, 128, 256, 256)  # 5 blocks on 3x64x64
 CNN_INPUT = (3, 64, 64)
-TRANSFORMER = dict(blocks=12, width=512, heads=8, hidden=2048, seq_len=128)
+TRANSFORMER = dict(blocks=12, width=512, heads=8, hidden=2048, seq_len=128)  # 38 M
+BIG_TRANSFORMER = dict(blocks=20, width=2048, heads=16, hidden=8192, seq_len=128)  # 1.0 B
 
 
 def block(tree: Any) -> Any:
     return jax.block_until_ready(eqx.filter(tree, eqx.is_array))
 
 
+def _parameters(tree: Any) -> list:
+    """The arrays of `tree`, or their shapes where it holds `jax.ShapeDtypeStruct`s."""
+    return [
+        leaf
+        for leaf in jax.tree.leaves(tree)
+        if eqx.is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct)
+    ]
+
+
 def num_parameters(tree: Any) -> int:
-    return sum(a.size for a in jax.tree.leaves(eqx.filter(tree, eqx.is_array)))
+    return sum(a.size for a in _parameters(tree))
 
 
 def parameter_bytes(tree: Any) -> int:
-    return sum(a.nbytes for a in jax.tree.leaves(eqx.filter(tree, eqx.is_array)))
+    """The parameters' bytes, allocated or (for shapes) not."""
+    return sum(a.size * a.dtype.itemsize for a in _parameters(tree))
 
 
 def batched(module: Any, x: Any, *rest: Any) -> Any:
@@ -56,6 +68,14 @@ def equinox_mlp(key, batch: int, depth=None, width=None, *, size=None):
     return eqx.nn.MLP(in_size, out, width, depth, key=key)
 
 
+def lazymod_deep_mlp(key, batch: int, depth=DEEP_DEPTH):
+    return lazymod_mlp(key, batch, depth, NARROW_WIDTH, size=NARROW_WIDTH)
+
+
+def equinox_deep_mlp(key, batch: int, depth=DEEP_DEPTH):
+    return equinox_mlp(key, batch, depth, NARROW_WIDTH, size=NARROW_WIDTH)
+
+
 def flax_mlp(depth=None, width=None, out=None):
     import flax.linen as nn
 
@@ -69,6 +89,46 @@ def flax_mlp(depth=None, width=None, out=None):
             return nn.Dense(out)(x)
 
     return MLP()
+
+
+# --- a list of layers, as a user writes it --------------------------------------------
+
+
+def user_list_forward(self, x):
+    for layer in self.layers[:-1]:
+        x = jax.nn.relu(layer(x))
+    return self.layers[-1](x)
+
+
+class LazyUserList(lm.Module):
+    """`depth` lazy `Linear`s of width 32 in a Python list, relu between them."""
+
+    layers: list
+
+    def __init__(self, depth: int):
+        self.layers = [lm.nn.Linear(NARROW_WIDTH) for _ in range(depth)]
+
+    __call__ = user_list_forward
+
+
+class EquinoxUserList(eqx.Module):
+    layers: list
+
+    def __init__(self, depth: int, key):
+        keys = jax.random.split(key, depth)
+        self.layers = [eqx.nn.Linear(NARROW_WIDTH, NARROW_WIDTH, key=k) for k in keys]
+
+    __call__ = user_list_forward
+
+
+def lazymod_user_list(key, batch: int, depth=DEEP_DEPTH):
+    """On one example, `float32[32]`, as the user calls the module (no batch)."""
+    spec = jax.ShapeDtypeStruct((NARROW_WIDTH,), jnp.float32)
+    return lm.init(LazyUserList(depth), key, spec)
+
+
+def equinox_user_list(key, batch: int, depth=DEEP_DEPTH):
+    return EquinoxUserList(depth, key)
 
 
 # --- CNN with BatchNorm ----------------------------------------------------------------
@@ -168,11 +228,12 @@ class LazyBlock(lm.Module):
     up: Any
     down: Any
 
-    def __init__(self):
+    def __init__(self, sizes: dict | None = None):
+        sizes = sizes or TRANSFORMER
         self.norm1, self.norm2 = lm.nn.LayerNorm(), lm.nn.LayerNorm()
-        self.attention = lm.nn.MultiheadAttention(TRANSFORMER["heads"])
-        self.up = lm.nn.Linear(TRANSFORMER["hidden"])
-        self.down = lm.nn.Linear(TRANSFORMER["width"])
+        self.attention = lm.nn.MultiheadAttention(sizes["heads"])
+        self.up = lm.nn.Linear(sizes["hidden"])
+        self.down = lm.nn.Linear(sizes["width"])
 
     __call__ = block_forward
 
@@ -184,11 +245,12 @@ class EquinoxBlock(eqx.Module):
     up: Any
     down: Any
 
-    def __init__(self, key):
+    def __init__(self, key, sizes: dict | None = None):
+        sizes = sizes or TRANSFORMER
         k1, k2, k3 = jax.random.split(key, 3)
-        width, hidden = TRANSFORMER["width"], TRANSFORMER["hidden"]
+        width, hidden = sizes["width"], sizes["hidden"]
         self.norm1, self.norm2 = eqx.nn.LayerNorm(width), eqx.nn.LayerNorm(width)
-        self.attention = eqx.nn.MultiheadAttention(TRANSFORMER["heads"], width, key=k1)
+        self.attention = eqx.nn.MultiheadAttention(sizes["heads"], width, key=k1)
         self.up = eqx.nn.Linear(width, hidden, key=k2)
         self.down = eqx.nn.Linear(hidden, width, key=k3)
 
@@ -201,18 +263,31 @@ def transformer_forward(blocks, x):
     return x
 
 
-def lazymod_transformer(key, batch: int, num_blocks=None):
-    num_blocks = num_blocks or TRANSFORMER["blocks"]
-    shape = (batch, TRANSFORMER["seq_len"], TRANSFORMER["width"])
-    blocks = [LazyBlock() for _ in range(num_blocks)]
-    return lm.init(
-        blocks, key, jax.ShapeDtypeStruct(shape, jnp.float32), method=transformer_forward
-    )
+def transformer_spec(batch: int, sizes: dict) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((batch, sizes["seq_len"], sizes["width"]), jnp.float32)
 
 
-def equinox_transformer(key, batch: int, num_blocks=None):
-    num_blocks = num_blocks or TRANSFORMER["blocks"]
-    return [EquinoxBlock(k) for k in jax.random.split(key, num_blocks)]
+def lazymod_transformer(key, batch: int, sizes: dict | None = None):
+    sizes = sizes or TRANSFORMER
+    blocks = [LazyBlock(sizes) for _ in range(sizes["blocks"])]
+    return lm.init(blocks, key, transformer_spec(batch, sizes), method=transformer_forward)
+
+
+def equinox_transformer(key, batch: int, sizes: dict | None = None):
+    sizes = sizes or TRANSFORMER
+    return [EquinoxBlock(k, sizes) for k in jax.random.split(key, sizes["blocks"])]
+
+
+def lazymod_transformer_shapes(key, batch: int):
+    """`lm.init_shapes` of the 1.0 B parameter Transformer: no key, nothing allocated."""
+    sizes = BIG_TRANSFORMER
+    blocks = [LazyBlock(sizes) for _ in range(sizes["blocks"])]
+    return lm.init_shapes(blocks, transformer_spec(batch, sizes), method=transformer_forward)
+
+
+def equinox_transformer_shapes(key, batch: int):
+    """`eqx.filter_eval_shape` of the hand-written constructor of the same model."""
+    return eqx.filter_eval_shape(equinox_transformer, key, batch, BIG_TRANSFORMER)
 
 
 def flax_transformer():
@@ -241,23 +316,29 @@ FLAX_INPUTS = {
 }
 
 
+BUILDERS = {  # model: (lazymod, Equinox)
+    "mlp": (lazymod_mlp, equinox_mlp),
+    "cnn": (lazymod_cnn, equinox_cnn),
+    "transformer": (lazymod_transformer, equinox_transformer),
+    "deep_mlp": (lazymod_deep_mlp, equinox_deep_mlp),
+    "user_list": (lazymod_user_list, equinox_user_list),
+    "init_shapes": (lazymod_transformer_shapes, equinox_transformer_shapes),
+}
+
+
 def builder(framework: str, model: str, depth: int | None = None) -> Callable[[Any, int], Any]:
-    """`build(key, batch)` for one framework and model. Flax frameworks:
-    `flax_lazy_init` (ShapeDtypeStruct), `flax_jit` (`jax.jit(model.init)`) and
-    `flax_eager` (`model.init` on a real zero batch, Flax's default)."""
+    """`build(key, batch)` for one framework and model; `depth` for the deep ones
+    (`deep_mlp`, `user_list`). Flax frameworks: `flax_lazy_init` (ShapeDtypeStruct),
+    `flax_jit` (`jax.jit(model.init)`) and `flax_eager` (`model.init` on a real zero
+    batch, Flax's default)."""
     if framework in ("lazymod", "equinox"):
-        table = {
-            "mlp": (lazymod_mlp, equinox_mlp),
-            "cnn": (lazymod_cnn, equinox_cnn),
-            "transformer": (lazymod_transformer, equinox_transformer),
-        }
-        if model == "deep_mlp":
-            fn = lazymod_mlp if framework == "lazymod" else equinox_mlp
-            return lambda key, batch: fn(key, batch, depth, NARROW_WIDTH, size=NARROW_WIDTH)
-        return table[model][framework == "equinox"]
+        build = BUILDERS[model][framework == "equinox"]
+        if depth is None:
+            return build
+        return lambda key, batch: build(key, batch, depth)
     flax_model = {
         "mlp": lambda: flax_mlp(),
-        "deep_mlp": lambda: flax_mlp(depth, NARROW_WIDTH, NARROW_WIDTH),
+        "deep_mlp": lambda: flax_mlp(depth or DEEP_DEPTH, NARROW_WIDTH, NARROW_WIDTH),
         "cnn": flax_cnn,
         "transformer": flax_transformer,
     }[model]()

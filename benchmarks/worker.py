@@ -1,6 +1,8 @@
 """One measurement in a fresh process: `python -m benchmarks.worker FRAMEWORK MODEL
 [--batch B] [--depth D] [--warm N]` prints one JSON line: the first init's time, the
-later (warm) inits' times, RSS after imports and at its peak, and the parameter bytes.
+later (warm) inits' times, RSS after imports and at its peak, and the parameters' count
+and bytes. MODEL is one of `models.BUILDERS`, or `floors` or `train_step` (whatever
+FRAMEWORK), which measure what their functions here say.
 
 Import time is not counted: every framework pays it once, whatever the model."""
 
@@ -25,28 +27,6 @@ def rss_mb() -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def shapes_of_a_billion_parameter_transformer(repeats: int) -> dict:
-    """`lm.init_shapes` of a 20-block Transformer of width 2048 (1.0 B parameters)."""
-    import jax.numpy as jnp
-
-    import lazymod as lm
-
-    width, hidden, blocks = 2048, 8192, 20
-    models.TRANSFORMER.update(width=width, hidden=hidden, heads=16)
-    spec = jax.ShapeDtypeStruct((1, models.TRANSFORMER["seq_len"], width), jnp.float32)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        shapes = lm.init_shapes(
-            [models.LazyBlock() for _ in range(blocks)], spec, method=models.transformer_forward
-        )
-        times.append(time.perf_counter() - start)
-    count = sum(
-        leaf.size for leaf in jax.tree.leaves(shapes) if isinstance(leaf, jax.ShapeDtypeStruct)
-    )
-    return {"first": times[0], "warm": times[1:], "parameters": count}
 
 
 def train_step_parity(steps: int) -> dict:
@@ -90,20 +70,17 @@ def train_step_parity(steps: int) -> dict:
 
 
 def floors(repeats: int) -> dict:
-    """What any init that traces the forward pass pays, next to lazymod's and Equinox's
-    warm inits of the same models, all measured warm in this one process (medians, in
-    seconds, the four interleaved):
+    """What any init that traces the forward pass pays, all measured warm in this one
+    process (medians, in seconds, interleaved):
 
     - `values`: JAX computing the model's parameters directly, one `jax.random.uniform`
       per array, as `eqx.nn.Linear` draws them;
     - `trace`: JAX tracing the Equinox-built model's forward pass on the spec once.
 
     For `init_shapes` of the 1 B Transformer, `trace` is `eqx.filter_eval_shape` of
-    the forward pass of the Equinox-built (abstract) model."""
+    the forward pass of the Equinox-built (abstract) model, and there are no values."""
     import equinox as eqx
     import jax.numpy as jnp
-
-    import lazymod as lm
 
     key = jax.random.key(0)
 
@@ -135,35 +112,15 @@ def floors(repeats: int) -> dict:
         return {name: statistics.median(ts) for name, ts in times.items()}
 
     results = {}
-    for model, depth, size in (
-        ("mlp", None, models.MLP_IN),
-        ("deep_mlp", 1000, models.NARROW_WIDTH),
-    ):
-        build_lazymod, build_equinox = (
-            models.builder(framework, model, depth) for framework in ("lazymod", "equinox")
-        )
-        built = build_equinox(key, 1)
+    for model, size in (("mlp", models.MLP_IN), ("deep_mlp", models.NARROW_WIDTH)):
+        built = models.builder("equinox", model)(key, 1)
         spec = jax.ShapeDtypeStruct((1, size), jnp.float32)
-        results[model] = timed(
-            {
-                "lazymod": lambda b=build_lazymod: b(key, 1),
-                "equinox": lambda b=build_equinox: b(key, 1),
-                "values": values_of(built),
-                "trace": trace_of(built, spec),
-            }
-        )
-    # Last: it changes the Transformer's sizes.
-    width, hidden, blocks = 2048, 8192, 20
-    models.TRANSFORMER.update(width=width, hidden=hidden, heads=16)
-    spec = jax.ShapeDtypeStruct((1, models.TRANSFORMER["seq_len"], width), jnp.float32)
-    abstract = eqx.filter_eval_shape(lambda: models.equinox_transformer(key, 1, blocks))
-    results["shapes_1b"] = timed(
-        {
-            "lazymod": lambda: lm.init_shapes(
-                [models.LazyBlock() for _ in range(blocks)], spec, method=models.transformer_forward
-            ),
-            "trace": lambda: eqx.filter_eval_shape(models.transformer_forward, abstract, spec),
-        }
+        results[model] = timed({"values": values_of(built), "trace": trace_of(built, spec)})
+    sizes = models.BIG_TRANSFORMER
+    abstract = models.equinox_transformer_shapes(key, 1)
+    spec = models.transformer_spec(1, sizes)
+    results["init_shapes"] = timed(
+        {"trace": lambda: eqx.filter_eval_shape(models.transformer_forward, abstract, spec)}
     )
     return results
 
@@ -176,9 +133,6 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=None)
     parser.add_argument("--warm", type=int, default=5, help="warm inits after the first")
     args = parser.parse_args()
-    if args.model == "shapes_1b":
-        print(json.dumps(shapes_of_a_billion_parameter_transformer(args.warm + 1)))
-        return
     if args.model == "floors":
         print(json.dumps(floors(args.warm)))
         return
@@ -190,23 +144,23 @@ def main() -> None:
     keys = [jax.random.key(i) for i in range(args.warm + 1)]
     jax.block_until_ready(keys)
     rss_before = rss_mb()
-    times = []
-    for key in keys:
+
+    def timed(key: Any) -> tuple[float, Any]:
         start = time.perf_counter()
-        params = models.block(build(key, args.batch))
-        times.append(time.perf_counter() - start)
-        if len(times) == 1:
-            peak = peak_rss_mb()
-        del params
-    params = build(keys[0], args.batch)
+        params = build(key, args.batch)
+        models.block(params)
+        return time.perf_counter() - start, params
+
+    first, params = timed(keys[0])
     result = {
-        "first": times[0],
-        "warm": times[1:],
+        "first": first,
         "rss_before_mb": rss_before,
-        "peak_rss_mb": peak,
+        "peak_rss_mb": peak_rss_mb(),
         "parameter_mb": models.parameter_bytes(params) / 2**20,
         "parameters": models.num_parameters(params),
     }
+    del params
+    result["warm"] = [timed(key)[0] for key in keys[1:]]
     print(json.dumps(result))
 
 
