@@ -67,7 +67,7 @@ def size_of(shape: Sequence[int]) -> int:
 
 
 @dataclasses.dataclass
-class _Plan:
+class Plan:
     """How to compute one symbolic value: its structure (`nodes`, the cache key of its
     program) and the inputs of that structure."""
 
@@ -100,7 +100,7 @@ class _Plan:
         return (self.nodes, tuple(s.dtype for s in self.scalars), np.dtype(self.root.dtype))
 
 
-def _plan(root: Symbolic) -> _Plan:
+def plan_of(root: Symbolic) -> Plan:
     nodes: list[tuple[Any, ...]] = []
     keys: list[np.ndarray] = []
     scalars: list[np.ndarray] = []
@@ -134,12 +134,12 @@ def _plan(root: Symbolic) -> _Plan:
         return len(nodes) - 1
 
     visit(root)
-    return _Plan(root, tuple(nodes), keys, scalars, arrays)
+    return Plan(root, tuple(nodes), keys, scalars, arrays)
 
 
 def compute(root: Symbolic) -> Any:
     """Compute a symbolic value with the compiled program for its structure."""
-    return _launch(_plan(root))()
+    return _launch(plan_of(root))()
 
 
 def compute_all(roots: Sequence[Symbolic], on_device: bool) -> None:
@@ -150,9 +150,9 @@ def compute_all(roots: Sequence[Symbolic], on_device: bool) -> None:
     for root in roots:
         if root.value is None and id(root) not in seen:
             seen.add(id(root))
-            plans.append(_plan(root))
+            plans.append(plan_of(root))
     launchers: list[tuple[list[Symbolic], Callable[[], Any], int]] = []
-    groups: dict[tuple[Any, ...], list[_Plan]] = {}
+    groups: dict[tuple[Any, ...], list[Plan]] = {}
     for plan in plans:
         if plan.is_constant:
             # `jnp.zeros(shape)`, `jnp.ones(shape)`: no program to compile for a copy.
@@ -191,9 +191,9 @@ def compute_all(roots: Sequence[Symbolic], on_device: bool) -> None:
         finish_oldest()
 
 
-def _batches(plans: list[_Plan]) -> list[list[_Plan]]:
+def _batches(plans: list[Plan]) -> list[list[Plan]]:
     """Consecutive runs of `plans` that fit one packed call."""
-    batches: list[list[_Plan]] = [[]]
+    batches: list[list[Plan]] = [[]]
     filled = 0
     for plan in plans:
         if filled + plan.size > PACK_CHUNK:
@@ -204,7 +204,7 @@ def _batches(plans: list[_Plan]) -> list[list[_Plan]]:
     return [batch for batch in batches if batch]
 
 
-def _launch_packed(batch: list[_Plan]) -> Any:
+def _launch_packed(batch: list[Plan]) -> Any:
     """Dispatch one call computing every value of `batch` (same structure, each at most
     `PACK_LIMIT` elements) side by side; return a function that awaits it and returns
     the values. Element `i` of each value is computed from that value's keys and
@@ -250,12 +250,12 @@ def _launch_packed(batch: list[_Plan]) -> Any:
     return finish
 
 
-def _launch_one(plan: _Plan) -> Callable[[], list[Any]]:
+def _launch_one(plan: Plan) -> Callable[[], list[Any]]:
     finish = _launch(plan)
     return lambda: [finish()]
 
 
-def _launch(plan: _Plan) -> Any:
+def _launch(plan: Plan) -> Any:
     """Dispatch the calls computing one value chunk by chunk; return a function that
     awaits them and returns the value."""
     root, keys, scalars, arrays = plan.root, plan.keys, plan.scalars, plan.arrays

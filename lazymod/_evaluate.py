@@ -20,8 +20,9 @@ import numpy as np
 from jax.extend import core as jex_core
 
 from . import _host_keys
-from ._chunks import compute, compute_all, size_of, Symbolic, to_host
+from ._chunks import compute, compute_all, PACK_LIMIT, size_of, Symbolic, to_host
 from ._host_keys import HostKeys
+from ._shards import compute_sharded
 
 
 # What the evaluator raises when JAX's internals are not what it expects.
@@ -39,17 +40,50 @@ _CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "custom_jvp_call"
 _RESHAPES = frozenset({"reshape", "squeeze"})
 
 
+# Primitives whose large outputs the evaluator keeps symbolic (or derives keys with).
+_SYMBOLIC = _ELEMENTWISE | _CALLS | _RESHAPES | {"random_bits", "broadcast_in_dim"}
+
+
+def off_fast_path(jaxpr: jex_core.Jaxpr) -> list[bool]:
+    """For each output of `jaxpr`, whether computing it needs a large value the fast
+    evaluator cannot keep symbolic (a QR, a matrix product of draws): such a value is
+    computed whole, so a sharded init computes it with a jitted program instead."""
+    return _slow_outputs(jaxpr, [False] * len(jaxpr.invars))
+
+
+def _slow_outputs(jaxpr: jex_core.Jaxpr, slow_in: list[bool]) -> list[bool]:
+    slow = {v for v, s in zip(jaxpr.invars, slow_in) if s}
+    for eqn in jaxpr.eqns:
+        ins = [isinstance(v, jex_core.Var) and v in slow for v in eqn.invars]
+        inner = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
+        if eqn.primitive.name in _CALLS and isinstance(inner, jex_core.ClosedJaxpr):
+            outs = _slow_outputs(inner.jaxpr, ins)
+        else:
+            big = any(size_of(v.aval.shape) > PACK_LIMIT for v in eqn.outvars)
+            outs = [any(ins) or (big and eqn.primitive.name not in _SYMBOLIC)] * len(eqn.outvars)
+        slow.update(v for v, s in zip(eqn.outvars, outs) if s)
+    return [isinstance(v, jex_core.Var) and v in slow for v in jaxpr.outvars]
+
+
 def evaluate(
-    closed: jex_core.ClosedJaxpr, outvars: Sequence[Any], *, on_device: bool = False
+    closed: jex_core.ClosedJaxpr,
+    outvars: Sequence[Any],
+    targets: Sequence[jax.sharding.Sharding | None] | None = None,
 ) -> list[Any]:
     """The values of `outvars` (variables or literals of `closed.jaxpr`), which must
-    not depend on the jaxpr's inputs. Values computed here in chunks are NumPy arrays
-    (in host memory: the caller places them on devices), or with `on_device` JAX
-    arrays on the default device, each moved there as soon as it is computed; other
-    values are JAX arrays."""
+    not depend on the jaxpr's inputs. A value bound for a sharding (`targets`) is
+    computed in its shards where it can be (`_shards.py`): a global array; otherwise
+    in host memory, as a NumPy array for the caller to place. Other values computed
+    here go to the default device as soon as they are ready."""
     jaxpr = closed.jaxpr.replace(outvars=list(outvars))
     outs = _eval(jaxpr, closed.consts, [None] * len(jaxpr.invars))
-    compute_all([out for out in outs if isinstance(out, Symbolic)], on_device)
+    targets = list(targets) if targets is not None else [None] * len(outs)
+    symbolic = [(out, t) for out, t in zip(outs, targets) if isinstance(out, Symbolic)]
+    compute_all([out for out, target in symbolic if target is None], on_device=True)
+    for out, target in symbolic:  # small values: computed whole, side by side
+        if target is not None and out.value is None and size_of(out.shape) > PACK_LIMIT:
+            out.value = compute_sharded(out, target)
+    compute_all([out for out, target in symbolic if target is not None], on_device=False)
     return [_concrete(out) for out in outs]
 
 

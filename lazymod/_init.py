@@ -27,7 +27,7 @@ from ._inputs import check_specs, note_likely_causes, resolve_method
 from ._keys import normalize_keys
 from ._paths import display_path
 from ._sentinels import Initializer, sentinels_with_paths
-from ._sharding import place, Sharding
+from ._sharding import place, Sharding, targets_for, with_shardings
 from ._stateful import initial_state, split_state
 from ._trace import NEEDS_VALUES, trace
 from ._tree import check_no_lazy_module_twice
@@ -196,6 +196,7 @@ def init_shapes(
     method: str | Callable[..., Any] | None = None,
     partial: bool = False,
     with_state: bool = False,
+    sharding: Sharding = None,
     **kwargs: Any,
 ) -> Any:
     """The tree `lazymod.init` would return, with a `jax.ShapeDtypeStruct` in place of
@@ -205,7 +206,10 @@ def init_shapes(
     model, or as the skeleton to load a checkpoint into with
     `eqx.tree_deserialise_leaves`. With `with_state=True`, it is the pair
     [`lazymod.init_with_state`][] would return: the model and its `eqx.nn.State`, both
-    of shapes (the method then takes the state last, as there).
+    of shapes (the method then takes the state last, as there). With `sharding=` (as
+    `lazymod.init` takes it), each `ShapeDtypeStruct` carries its array's sharding:
+    the abstract state to pass as `out_shardings`, or as the target of a sharded
+    restore (see [Sharding](sharding.md)).
 
     !!! example
 
@@ -230,7 +234,7 @@ def init_shapes(
         ```
     """
 
-    return shapes_of(
+    shapes = shapes_of(
         module,
         args=args,
         kwargs=kwargs,
@@ -239,6 +243,7 @@ def init_shapes(
         with_state=with_state,
         entry="lazymod.init_shapes",
     )
+    return shapes if sharding is None else with_shardings(module, shapes, sharding, with_state)
 
 
 def shapes_of(
@@ -312,9 +317,11 @@ def initialize(
     except Exception as error:
         note_likely_causes(error, args, with_state, entry)
         raise
-    values = compute(module, traced, abstract=abstract, on_device=sharding is None)
+    paths = traced.skeleton.array_paths
+    targets = [] if abstract else targets_for(module, traced.out_shapes, paths, sharding)
+    values = compute(module, traced, abstract=abstract, targets=targets)
     if not abstract:
-        values = place(module, values, traced.skeleton.array_paths, sharding)
+        values = place(module, values, paths, targets)
     result, intermediates = traced.skeleton.unflatten(values)
     _check_complete(result, partial, entry, ran=function is not None)
     return (split_state(result, abstract) if with_state else result), intermediates

@@ -68,6 +68,39 @@ def packed_program(
     return jax.jit(run)
 
 
+@functools.cache
+def block_program(
+    nodes: tuple[tuple[Any, ...], ...], scalar_dtypes: tuple[Any, ...], chunk: int, rank: int
+):
+    """One compiled program per structure and rank: computes `chunk` consecutive
+    elements (from `offset`, in row-major order) of a block of the value that `nodes`
+    describe, the block given by its `dims`, `starts` and the value's `strides` (each
+    uint32[rank], the value smaller than 2**32 elements). Element for element, the same
+    bits as `program` gives at the same flat index of the whole value."""
+    del scalar_dtypes  # part of the cache key only
+
+    def run(
+        offset: jax.Array,
+        dims: jax.Array,
+        starts: jax.Array,
+        strides: jax.Array,
+        keys: list[jax.Array],
+        scalars: list[jax.Array],
+    ) -> jax.Array:
+        scalars, dims, starts, strides = lax.optimization_barrier((scalars, dims, starts, strides))
+        shape = _block_shape(chunk)
+        local = offset + _flat_iota(shape)  # row-major index within the block
+        flat = jnp.zeros(shape, np.uint32)
+        for axis in reversed(range(rank)):
+            flat = flat + (starts[axis] + local % dims[axis]) * strides[axis]
+            local = local // dims[axis]
+        key_words = [(key[0], key[1]) for key in keys]
+        out = _run_nodes(nodes, shape, jnp.zeros_like(flat), flat, key_words, scalars, [])
+        return lax.optimization_barrier(out.reshape(chunk))
+
+    return jax.jit(run)
+
+
 def _block_shape(chunk: int) -> tuple[int, ...]:
     """A chunk's elements as rows of `_ROW` elements: XLA spreads the rows of a 2-d
     computation over the CPU's cores, not the elements of a 1-d one."""

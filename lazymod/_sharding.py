@@ -1,9 +1,10 @@
 """`lazymod.init(..., sharding=...)`: where each computed array goes."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.tree_util as jtu
 import numpy as np
 
 from ._errors import init_error_like, InitError
@@ -16,36 +17,77 @@ ShardingRule = Callable[[str, jax.ShapeDtypeStruct], jax.sharding.Sharding | Non
 Sharding = ShardingRule | jax.sharding.Sharding | jax.sharding.Mesh | None
 
 
-def place(
-    module: Any, values: list[Any], array_paths: list[KeyPath], sharding: Sharding
-) -> list[Any]:
-    """Put every computed array on its device(s): host arrays from the evaluator go
-    straight to their shards. `values` holds the parameters (at `array_paths`) first,
-    then the captured intermediates, which go to the default device."""
+def targets_for(
+    module: Any,
+    shapes: Sequence[jax.ShapeDtypeStruct],
+    paths: Sequence[KeyPath],
+    sharding: Sharding,
+) -> list[jax.sharding.Sharding | None]:
+    """The sharding of every array (`shapes`, at `paths` in the tree init returns), as
+    `sharding=` says, before any is computed: the evaluator computes each array's
+    shards where they go."""
+    if sharding is None:
+        return [None] * len(shapes)
     if isinstance(sharding, jax.sharding.Mesh):
         sharding = _annotation_rule(module, sharding)
-    elif not (
-        sharding is None or isinstance(sharding, jax.sharding.Sharding) or _is_rule(sharding)
-    ):
+    elif not (isinstance(sharding, jax.sharding.Sharding) or _is_rule(sharding)):
         raise TypeError(
             "lazymod.init: `sharding` must be a jax.sharding.Mesh, a "
             "jax.sharding.Sharding, a function rule(path, leaf) -> Sharding | None, or "
             f"None; got {type(sharding).__name__}. For one device, pass "
             "jax.sharding.SingleDeviceSharding(device)."
         )
+    return [_sharding_for(module, path, leaf, sharding) for path, leaf in zip(paths, shapes)]
+
+
+def place(
+    module: Any,
+    values: list[Any],
+    array_paths: list[KeyPath],
+    targets: list[jax.sharding.Sharding | None],
+) -> list[Any]:
+    """Put every computed array on its device(s). `values` holds the parameters (at
+    `array_paths`, bound for `targets`) first, then the captured intermediates, which
+    go to the default device. Arrays the evaluator made in their shards already stay
+    as they are; host arrays bound for the default device go in one transfer."""
     placed = list(values)
-    host: list[int] = []  # host arrays bound for the default device: one transfer
+    host: list[int] = []
     for i, value in enumerate(values):
-        target = None
-        if i < len(array_paths) and sharding is not None:
-            target = _sharding_for(module, array_paths[i], value, sharding)
-        if target is not None:
+        target = targets[i] if i < len(targets) else None
+        if target is not None and not _placed_as(value, target):
             placed[i] = _put(module, array_paths[i], value, target)
-        elif isinstance(value, np.ndarray):
+        elif target is None and isinstance(value, np.ndarray):
             host.append(i)
     for i, value in zip(host, jax.device_put([values[i] for i in host])):
         placed[i] = value
     return placed
+
+
+def with_shardings(module: Any, tree: Any, sharding: Sharding, with_state: bool) -> Any:
+    """The tree of `jax.ShapeDtypeStruct`s `init_shapes` returns, each carrying the
+    sharding `sharding=` gives its array (the state's: none)."""
+    leaves, treedef = jtu.tree_flatten_with_path(tree)
+    # With the state, the tree is (model, state): paths into the model lose the [0].
+    model = [
+        (i, path[1:] if with_state else path, leaf)
+        for i, (path, leaf) in enumerate(leaves)
+        if isinstance(leaf, jax.ShapeDtypeStruct) and (not with_state or path[0].idx == 0)
+    ]
+    found = targets_for(module, [leaf for *_, leaf in model], [p for _, p, _ in model], sharding)
+    out = [leaf for _, leaf in leaves]
+    for (i, _, leaf), target in zip(model, found):
+        out[i] = jax.ShapeDtypeStruct(
+            leaf.shape, leaf.dtype, sharding=target, weak_type=leaf.weak_type
+        )
+    return jtu.tree_unflatten(treedef, out)
+
+
+def _placed_as(value: Any, target: jax.sharding.Sharding) -> bool:
+    return (
+        isinstance(value, jax.Array)
+        and not isinstance(value, jax.core.Tracer)
+        and (value.sharding == target)
+    )
 
 
 def _is_rule(sharding: Any) -> bool:
@@ -56,7 +98,17 @@ def _put(module: Any, path: KeyPath, value: Any, target: jax.sharding.Sharding) 
     """`jax.device_put` (inside jit: a sharding constraint), naming the array when the
     sharding does not fit it."""
     try:
-        return jax.device_put(value, target)
+        if isinstance(value, jax.core.Tracer):  # inside jit: a sharding constraint
+            try:
+                return jax.lax.with_sharding_constraint(value, target)
+            except ValueError:  # a mesh of explicit axes takes device_put instead
+                return jax.device_put(value, target)
+        if target.is_fully_addressable:
+            return jax.device_put(value, target)
+        # Across processes: each takes its own devices' slices, with no communication
+        # (device_put would check that every process holds the same value).
+        host = np.asarray(value)
+        return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
     except (ValueError, TypeError) as error:
         raise init_error_like(error)(
             f"{display_path(module, path)}: the sharding {target} does not fit its "
@@ -92,12 +144,12 @@ def _annotation_rule(module: Any, mesh: jax.sharding.Mesh) -> ShardingRule:
 def _sharding_for(
     module: Any,
     path: KeyPath,
-    value: Any,
+    leaf: jax.ShapeDtypeStruct,
     sharding: ShardingRule | jax.sharding.Sharding,
 ) -> jax.sharding.Sharding | None:
     if isinstance(sharding, jax.sharding.Sharding):
         return sharding
-    leaf = jax.ShapeDtypeStruct(value.shape, value.dtype)
+    leaf = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
     try:
         target = sharding(path_str(path), leaf)
     except Exception as error:

@@ -10,6 +10,7 @@ and the computation of the others, by one of two evaluators behind `evaluate_con
 The environment variable `LAZYMOD_EVALUATOR` (`fast` or `jax`) chooses.
 """
 
+import functools
 import os
 import warnings
 from typing import Any
@@ -37,12 +38,19 @@ EVALUATORS = ("fast", "jax")
 _warned = False
 
 
-def compute(module: Any, traced: Traced, *, abstract: bool, on_device: bool) -> list[Any]:
+def compute(
+    module: Any,
+    traced: Traced,
+    *,
+    abstract: bool,
+    targets: list[jax.sharding.Sharding | None],
+) -> list[Any]:
     """The value of every output of the trace: computed where it does not depend on a
     spec, a `ShapeDtypeStruct` (intermediates) or an error (fields) where it does; with
-    `abstract`, a `ShapeDtypeStruct` everywhere. With `on_device`, computed arrays go
-    to the default device as they are ready; otherwise they may stay in host memory
-    for the caller to place."""
+    `abstract`, a `ShapeDtypeStruct` everywhere. `targets` gives the sharding of the
+    first outputs (the parameters; `None`: the default device): the fast evaluator
+    computes such an array in its shards where it can, else leaves it in host memory
+    for the caller to place. Other computed arrays go to the default device."""
     jaxpr = traced.jaxpr.jaxpr
     depends = depends_on_inputs(jaxpr)
     leaked = [i for i in range(traced.skeleton.num_params) if depends[i]]
@@ -58,7 +66,9 @@ def compute(module: Any, traced: Traced, *, abstract: bool, on_device: bool) -> 
             for var in jaxpr.outvars
         ]
     keep = [not d for d in depends]
-    computed = iter(evaluate_constants(traced.jaxpr, keep, on_device=on_device))
+    bound = [*targets, *[None] * (len(keep) - len(targets))]
+    kept_targets = [t for t, k in zip(bound, keep) if k]
+    computed = iter(evaluate_constants(traced.jaxpr, keep, targets=kept_targets))
     return [
         _as_array(next(computed), var.aval) if k else jax.ShapeDtypeStruct(shape.shape, shape.dtype)
         for k, shape, var in zip(keep, traced.out_shapes, jaxpr.outvars)
@@ -75,7 +85,10 @@ def depends_on_inputs(jaxpr: jex_core.Jaxpr) -> list[bool]:
 
 
 def evaluate_constants(
-    closed: jex_core.ClosedJaxpr, keep: list[bool], *, on_device: bool
+    closed: jex_core.ClosedJaxpr,
+    keep: list[bool],
+    *,
+    targets: list[jax.sharding.Sharding | None] | None = None,
 ) -> list[Any]:
     """The outputs of `closed` marked in `keep` (none may depend on its inputs),
     running only the equations they need, with the evaluator `LAZYMOD_EVALUATOR`
@@ -94,7 +107,9 @@ def evaluate_constants(
         return [v.val if isinstance(v, jex_core.Literal) else env[v] for v in outvars]
     pruned = jex_core.ClosedJaxpr(jaxpr.replace(eqns=eqns, outvars=outvars), closed.consts)
     if chosen_evaluator() == "fast" and not pruned.jaxpr.effects:
-        values = _evaluate_fast(pruned, outvars, on_device)
+        if targets and any(t is not None for t in targets) and fast_evaluator is not None:
+            return _evaluate_sharded(pruned, outvars, targets)
+        values = _evaluate_fast(pruned, outvars, targets)
         if values is not None:
             return values
     return jax.core.eval_jaxpr(pruned.jaxpr, pruned.consts, *[None] * len(jaxpr.invars))
@@ -111,15 +126,48 @@ def chosen_evaluator() -> str:
     return name
 
 
+def _evaluate_sharded(
+    pruned: jex_core.ClosedJaxpr,
+    outvars: list[Any],
+    targets: list[jax.sharding.Sharding | None],
+) -> list[Any]:
+    """The fast evaluator for the values it computes in their shards; a program jitted
+    with the targets as `out_shardings` for sharded values it would compute whole (a
+    QR, a product of draws), so that no device computes more than XLA must."""
+    slow = fast_evaluator.off_fast_path(pruned.jaxpr)
+    jitted = [i for i, (s, t) in enumerate(zip(slow, targets)) if s and t is not None]
+    rest = [i for i in range(len(outvars)) if i not in set(jitted)]
+    values: list[Any] = [None] * len(outvars)
+    if jitted:
+        sub = pruned.jaxpr.replace(outvars=[outvars[i] for i in jitted])
+        run = functools.partial(jax.core.eval_jaxpr, sub, pruned.consts)
+        shardings = [targets[i] for i in jitted]
+        nothing = [None] * len(sub.invars)  # the values do not depend on the inputs
+        for i, value in zip(jitted, jax.jit(run, out_shardings=shardings)(*nothing)):
+            values[i] = value
+    if rest:
+        sub = pruned.jaxpr.replace(outvars=[outvars[i] for i in rest])
+        computed = _evaluate_fast(
+            jex_core.ClosedJaxpr(sub, pruned.consts), sub.outvars, [targets[i] for i in rest]
+        )
+        if computed is None:
+            computed = jax.core.eval_jaxpr(sub, pruned.consts, *[None] * len(sub.invars))
+        for i, value in zip(rest, computed):
+            values[i] = value
+    return values
+
+
 def _evaluate_fast(
-    pruned: jex_core.ClosedJaxpr, outvars: list[Any], on_device: bool
+    pruned: jex_core.ClosedJaxpr,
+    outvars: list[Any],
+    targets: list[jax.sharding.Sharding | None] | None,
 ) -> list[Any] | None:
     """The fast evaluator's values, or `None` (after one warning per process) if it
     cannot run on this JAX or meets something it does not know."""
     problem = _import_problem
     if fast_evaluator is not None:
         try:
-            return fast_evaluator.evaluate(pruned, outvars, on_device=on_device)
+            return fast_evaluator.evaluate(pruned, outvars, targets)
         except fast_evaluator.UNSUPPORTED as error:
             problem = f"{type(error).__name__}: {error}"
     _warn_once(problem)
