@@ -9,6 +9,7 @@ from ._errors import (
 )
 from ._init import init as init, init_shapes as init_shapes, init_with_state as init_with_state
 from ._module import Module as Module
+from ._partitions import AxisRules as AxisRules
 from ._restore import restore as restore
 from ._running import next_key as next_key
 from ._sentinels import (

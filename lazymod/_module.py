@@ -127,8 +127,17 @@ class Module(LazyNode):
                 ) from None
 
 
+def untracked(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a method that works on a module before init (it builds a new module, as
+    `partitioned` does): it is not run as a part of init, nor refused on a lazy module."""
+    fn.__lazymod_untracked__ = True  # pyright: ignore[reportFunctionMemberAccess]
+    return fn
+
+
 def _is_trackable(name: str, value: object) -> bool:
     if not callable(value) or isinstance(value, (staticmethod, classmethod, type)):
+        return False
+    if getattr(value, "__lazymod_untracked__", False):
         return False
     if getattr(value, "__lazymod_tracked__", False) or name in _UNTRACKED:
         return False

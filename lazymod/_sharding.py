@@ -7,14 +7,14 @@ import jax
 import jax.tree_util as jtu
 import numpy as np
 
-from ._errors import init_error_like, InitError
+from ._errors import init_error_like, InitError, InitValueError
+from ._partitions import annotation_rule, AxisRules, partitions_of
 from ._paths import display_path, KeyPath, path_str
-from ._sentinels import Initializer, sentinels_with_paths
 
 
 # `rule(path, leaf) -> Sharding | None`, as `lazymod.init(..., sharding=rule)` takes it.
 ShardingRule = Callable[[str, jax.ShapeDtypeStruct], jax.sharding.Sharding | None]
-Sharding = ShardingRule | jax.sharding.Sharding | jax.sharding.Mesh | None
+Sharding = ShardingRule | jax.sharding.Sharding | jax.sharding.Mesh | AxisRules | None
 
 
 def targets_for(
@@ -28,11 +28,15 @@ def targets_for(
     shards where they go."""
     if sharding is None:
         return [None] * len(shapes)
-    if isinstance(sharding, jax.sharding.Mesh):
-        sharding = _annotation_rule(module, sharding)
+    if isinstance(sharding, jax.sharding.Mesh | AxisRules):
+        _check_annotations(module, paths)
+        if isinstance(sharding, AxisRules):
+            sharding = annotation_rule(module, sharding.mesh, dict(sharding.rules))
+        else:
+            sharding = annotation_rule(module, sharding)
     elif not (isinstance(sharding, jax.sharding.Sharding) or _is_rule(sharding)):
         raise TypeError(
-            "lazymod.init: `sharding` must be a jax.sharding.Mesh, a "
+            "lazymod.init: `sharding` must be a jax.sharding.Mesh, a lazymod.AxisRules, a "
             "jax.sharding.Sharding, a function rule(path, leaf) -> Sharding | None, or "
             f"None; got {type(sharding).__name__}. For one device, pass "
             "jax.sharding.SingleDeviceSharding(device)."
@@ -90,6 +94,18 @@ def _placed_as(value: Any, target: jax.sharding.Sharding) -> bool:
     )
 
 
+def _check_annotations(module: Any, paths: Sequence[KeyPath]) -> None:
+    """Refuse a partition annotation that names no array init makes (a misspelt
+    field of a lazy layer would otherwise leave its array replicated)."""
+    made = {path_str(path) for path in paths}
+    for path, (where, _) in partitions_of(module).items():
+        if path not in made:
+            raise InitValueError(
+                f"{where}: a partition is given for it, but init makes no array there; "
+                "name the built layer's arrays (for a Linear: weight, bias)."
+            )
+
+
 def _is_rule(sharding: Any) -> bool:
     return callable(sharding) and not isinstance(sharding, (str, jax.Device))
 
@@ -118,29 +134,6 @@ def _put(module: Any, path: KeyPath, value: Any, target: jax.sharding.Sharding) 
         ) from error
 
 
-def _annotation_rule(module: Any, mesh: jax.sharding.Mesh) -> ShardingRule:
-    """The rule of `sharding=mesh`: the `partition` of the Initializer that made the
-    array, replicated when there is none."""
-    partitions = {
-        path_str(path): leaf.partition
-        for path, leaf in sentinels_with_paths(module)
-        if isinstance(leaf, Initializer) and leaf.partition is not None
-    }
-
-    def rule(path: str, leaf: jax.ShapeDtypeStruct) -> jax.sharding.Sharding:
-        if path not in partitions:
-            return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        partition = partitions[path]
-        if len(partition) != leaf.ndim:
-            raise ValueError(
-                f"partition={partition!r} has {len(partition)} entries for an array of "
-                f"shape {leaf.shape}; give one per axis (None for an axis not sharded)"
-            )
-        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*partition))
-
-    return rule
-
-
 def _sharding_for(
     module: Any,
     path: KeyPath,
@@ -152,6 +145,8 @@ def _sharding_for(
     leaf = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype)
     try:
         target = sharding(path_str(path), leaf)
+    except InitError:  # from an annotation: it names the array already
+        raise
     except Exception as error:
         raise init_error_like(error)(
             f"{display_path(module, path)}: the sharding rule raised "

@@ -90,6 +90,15 @@ def by_rank(path, leaf):
 jitted = eqx.filter_jit(lambda key: lm.init(Net(), key, token, sharding=by_rank))(jax.random.key(0))
 assert jitted.expand.weight.sharding.is_equivalent_to(rows, 2) and same(jitted, plain)
 print("jit: equal")
+
+# Logical axis names on built-in layers, mapped to the mesh by rules.
+logical = lm.nn.Linear(16384).partitioned(weight=("mlp", "embed"), bias=("mlp",))
+rules = lm.AxisRules(mesh, {"mlp": "model", "embed": "data"})
+vector = jax.ShapeDtypeStruct((256,), jnp.float32)
+built = lm.init(logical, 0, vector, sharding=rules)
+assert built.weight.sharding.spec == P("model", "data") and built.bias.sharding.spec == P("model")
+assert same(built, lm.init(logical, 0, vector))
+print("logical: equal")
 """
 
 
@@ -106,4 +115,4 @@ def test_every_sharding_gives_the_unsharded_values_and_stages_no_weight():
     assert result.returncode == 0, result.stdout + result.stderr
     for name in ("rows", "columns", "grid", "replicated"):
         assert f"{name}: equal" in result.stdout, result.stdout
-    assert "jit: equal" in result.stdout
+    assert "jit: equal" in result.stdout and "logical: equal" in result.stdout

@@ -90,7 +90,7 @@ class Convolution(LazyLayer):
         arguments = {
             field.name: getattr(self, field.name)
             for field in dataclasses.fields(self)
-            if field.metadata.get("static", False)
+            if field.metadata.get("static", False) and field.name != "partition"
         }
         if not self._general:
             del arguments["num_spatial_dims"]

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
 from .._errors import InitTypeError
-from .._module import Module
 from .._running import describe, next_key
 from .._sentinels import is_sentinel, lazy
+from ._lazy import Partitioned
 
 
-class Embedding(Module):
+class Embedding(Partitioned):
     """`equinox.nn.Embedding` seeded by `lazymod.init`: it takes no `key`; its table is
     drawn in `rng_init` with [`lazymod.next_key`][], exactly as Equinox draws it, or
     comes from `weight=` (an array or a [`lazymod.Initializer`][]). After

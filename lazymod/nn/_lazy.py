@@ -1,18 +1,68 @@
 """What every lazy layer shares: it builds its Equinox counterpart from the first input
 it sees during `lazymod.init`, runs it, and is replaced by it in the returned tree."""
 
-from typing import Any
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import equinox as eqx
 import numpy as np
 
 from .._errors import InitError, InitTypeError, InitValueError
-from .._module import Module
+from .._module import Module, untracked
 from .._running import describe, in_init_trace
 from .._sentinels import is_sentinel, lazy
 
 
-class LazyLayer(Module):
+_Layer = TypeVar("_Layer", bound="Partitioned")
+
+
+class Partitioned(Module):
+    """What lets a layer carry partition annotations for the arrays it builds."""
+
+    # ((field of the built layer, partition), ...): read by `sharding=mesh` and
+    # `sharding=lazymod.AxisRules(...)`; gone, like the lazy layer, after init.
+    partition: tuple[tuple[str, tuple[Any, ...]], ...] | None = eqx.field(static=True, default=None)
+
+    @untracked
+    def partitioned(self: _Layer, **arrays: Sequence[Any]) -> _Layer:
+        """A copy of this layer whose built arrays are sharded as given, one entry per
+        array axis: a mesh axis name (with `sharding=mesh`), a logical axis name (with
+        `sharding=lazymod.AxisRules(mesh, rules)`), or `None`. The keywords are the
+        built Equinox layer's arrays: `weight` and `bias` for a `Linear`,
+        `query_proj.weight` (as `**{"query_proj.weight": ...}`) for attention.
+
+        ```python
+        import jax, jax.numpy as jnp, lazymod as lm
+
+        expand = lm.nn.Linear(64).partitioned(weight=("mlp", "embed"), bias=("mlp",))
+        ```
+        """
+        for name, axes in arrays.items():
+            if isinstance(axes, str) or not all(
+                a is None or isinstance(a, str) or isinstance(a, tuple) for a in axes
+            ):
+                raise TypeError(
+                    f"lazymod.nn.{type(self).__name__}.partitioned({name}=...) takes a "
+                    f"sequence with one entry per array axis, like ('mlp', None); got {axes!r}."
+                )
+        merged = dict(self.partition or ())
+        merged.update({name: tuple(axes) for name, axes in arrays.items()})
+        copy = copy_module(self)
+        object.__setattr__(copy, "partition", tuple(sorted(merged.items())))
+        return copy
+
+
+def copy_module(module: Module) -> Any:
+    """A shallow copy of a frozen module (its fields are shared)."""
+    copy = object.__new__(type(module))
+    for field in dataclasses.fields(module):
+        if hasattr(module, field.name):
+            object.__setattr__(copy, field.name, getattr(module, field.name))
+    return copy
+
+
+class LazyLayer(Partitioned):
     """Base class of the `lazymod.nn` layers. A subclass stores the constructor
     arguments of an Equinox layer, less those it infers, and implements `_build`; its
     `__call__` gets the layer with `self._layer_for(...)` and calls it. After
