@@ -1,0 +1,385 @@
+"""`lazymod.save_sharded` and `lazymod.restore_sharded`: Orbax checkpoints read straight
+into each array's shards, with no initializer run and no host holding a full copy.
+
+Orbax is an optional dependency (`pip install "lazymod[checkpoint]"`), imported only
+when one of these functions runs."""
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+
+from ._errors import init_error_like, InitError
+from ._init import init_shapes
+from ._paths import display_path, KeyPath, path_str
+from ._sentinels import is_initialized
+from ._sharding import Sharding
+
+
+_STATE = "state"  # the prefix of the state's arrays in a checkpoint of (model, state)
+_LISTED = 8  # at most this many names (of arrays, of files) in an error message
+
+
+def save_sharded(
+    directory: str | os.PathLike[str], model: Any, /, *, overwrite: bool = False
+) -> None:
+    """Save every array of an initialized model with Orbax, each process writing its own
+    shards; returns once the checkpoint is complete on disk.
+
+    The checkpoint is a flat dict keyed by each array's path, the string a `sharding=`
+    rule receives (`"layers[0].weight"`). A pair `(model, state)` (from
+    [`lazymod.init_with_state`][]) is saved whole: the state's arrays get keys of their
+    own, `"state[...]"`. Only arrays are saved: Python numbers and flags in the model
+    (a `float` field, BatchNorm's `inference`) come back from the lazy model given to
+    [`lazymod.restore_sharded`][].
+
+    In a multi-process run, every process calls `save_sharded` with the same directory
+    (on storage they all see), after `jax.distributed.initialize()`; every array must
+    then be a global `jax.Array` (sharded or replicated over the global mesh).
+
+    **Arguments:**
+
+    - `directory`: where to write the checkpoint (a path, or a URL such as
+        `gs://bucket/run/step_100` that Orbax understands). It must not exist yet.
+    - `model`: an initialized model, or the pair `(model, state)`.
+    - `overwrite`: replace the checkpoint already at `directory`.
+
+    !!! example
+
+        ```python
+        import tempfile
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+
+        spec = jax.ShapeDtypeStruct((784,), jnp.float32)
+        model = lm.init(lm.nn.MLP(10, 64, 2), 0, spec)
+        with tempfile.TemporaryDirectory() as tmp:
+            lm.save_sharded(f"{tmp}/step_0", model)
+            restored = lm.restore_sharded(lm.nn.MLP(10, 64, 2), f"{tmp}/step_0", spec)
+        assert (restored.layers[0].weight == model.layers[0].weight).all()
+        ```
+    """
+    ocp = _import_orbax("lazymod.save_sharded")
+    is_pair = isinstance(model, tuple) and len(model) == 2 and isinstance(model[1], eqx.nn.State)
+    if not is_initialized(model[0] if is_pair else model):
+        raise InitError(
+            f"lazymod.save_sharded: {type(model[0] if is_pair else model).__name__} is not "
+            "initialized (it still holds lazy fields or Initializers); save the model "
+            "lazymod.init returned."
+        )
+    arrays = {}
+    for key, (where, leaf) in _arrays_by_key(model, is_pair=is_pair).items():
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            raise InitError(
+                f"lazymod.save_sharded: {where} is a jax.ShapeDtypeStruct, not an array: "
+                "save a model made by lazymod.init, not by lazymod.init_shapes."
+            )
+        if leaf.size == 0:
+            raise InitError(
+                f"lazymod.save_sharded: {where} has no elements (shape "
+                f"{tuple(leaf.shape)}), and Orbax cannot save an empty array. Give it a "
+                "size of at least 1."
+            )
+        if jax.process_count() > 1 and isinstance(leaf, jax.Array) and leaf.is_fully_addressable:
+            raise InitError(
+                f"lazymod.save_sharded: {where} is held by process {jax.process_index()} "
+                "alone, but this run has several processes: every array must be a global "
+                "jax.Array. Give it a sharding over the global mesh (replicated: "
+                "NamedSharding(mesh, PartitionSpec())), in the `sharding=` of lazymod.init."
+            )
+        arrays[key] = leaf
+    if not arrays:
+        raise InitError(
+            f"lazymod.save_sharded: {type(model).__name__} holds no arrays; there is "
+            "nothing to save."
+        )
+    path = _as_epath(directory)
+    if path.exists() and not overwrite:
+        raise FileExistsError(
+            f"lazymod.save_sharded: {str(directory)!r} already exists, and Orbax never "
+            "writes over a checkpoint. Save to a new directory (one per step), or pass "
+            "overwrite=True to replace it."
+        )
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, arrays, force=overwrite)
+        checkpointer.wait_until_finished()  # the save runs in the background
+
+
+def restore_sharded(
+    model: Any,
+    directory: str | os.PathLike[str],
+    /,
+    *args: Any,
+    sharding: Sharding = None,
+    method: str | Callable[..., Any] | None = None,
+    with_state: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """Load a checkpoint written by [`lazymod.save_sharded`][] into a lazy model, every
+    array read straight into its shards, without running a single initializer.
+
+    The target is [`lazymod.init_shapes`][] of the model on the inputs, with
+    `sharding=`: the shape, dtype and sharding of every array, found without computing
+    anything. Each is checked against the checkpoint's metadata before any array is
+    read; every mismatch (a missing array, another shape or dtype, arrays the model has
+    no place for) is reported at once in one [`lazymod.InitError`][]. Then Orbax reads,
+    for each array, only the slices of the devices of this process, and puts each on
+    its device: in a multi-process run, each process reads its own shards and no host
+    ever holds a whole sharded array.
+
+    **Arguments:**
+
+    - `model`: the lazy model (or an initialized one; its values are not used).
+    - `directory`: the checkpoint, as passed to `save_sharded`.
+    - `*args`, `**kwargs`, `method`: the inputs (or their `jax.ShapeDtypeStruct`s) and
+        method, as for [`lazymod.init`][], less the key.
+    - `sharding`: where each array goes, as for `lazymod.init`: a rule
+        `rule(path, leaf) -> Sharding | None`, a `jax.sharding.Sharding` or a
+        `jax.sharding.Mesh`. It need not be the sharding the checkpoint was saved with.
+        An array with no sharding (`None`, the default, or a rule returning `None`)
+        goes whole to the default device.
+    - `with_state`: restore the pair `(model, state)` saved by
+        `save_sharded(directory, (model, state))`, as [`lazymod.init_with_state`][]
+        builds it; the state goes to the default device.
+
+    **Returns:** the model (or the pair), materialized with the checkpoint's arrays.
+
+    !!! example
+
+        ```python
+        import tempfile
+        import jax
+        import jax.numpy as jnp
+        import lazymod as lm
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        mesh = jax.make_mesh((len(jax.devices()),), ("model",))
+        spec = jax.ShapeDtypeStruct((16,), jnp.float32)
+        trained = lm.init(lm.nn.Linear(8), 0, spec)
+        with tempfile.TemporaryDirectory() as tmp:
+            lm.save_sharded(f"{tmp}/ckpt", trained)
+            layer = lm.restore_sharded(
+                lm.nn.Linear(8), f"{tmp}/ckpt", spec, sharding=NamedSharding(mesh, P())
+            )
+        assert layer.weight.sharding == NamedSharding(mesh, P())
+        assert (layer.weight == trained.weight).all()
+        ```
+    """
+    if isinstance(model, (str, os.PathLike)) and isinstance(directory, eqx.Module):
+        raise TypeError(
+            "lazymod.restore_sharded takes the model first, then the directory: "
+            "lazymod.restore_sharded(model, directory, *inputs, sharding=...)."
+        )
+    ocp = _import_orbax("lazymod.restore_sharded")
+    path = _as_epath(directory)
+    if not path.is_dir():
+        what = "is a file, not a directory" if path.exists() else "does not exist"
+        raise InitError(
+            f"lazymod.restore_sharded: no checkpoint at {str(directory)!r}: it {what}. "
+            "Pass the directory lazymod.save_sharded wrote."
+        )
+    skeleton = init_shapes(
+        model, *args, sharding=sharding, method=method, with_state=with_state, **kwargs
+    )
+    expected = _arrays_by_key(skeleton, is_pair=with_state)
+    with ocp.StandardCheckpointer() as checkpointer:
+        stored = _stored_arrays(ocp, checkpointer, path, directory)
+        _check(model, directory, expected, stored, with_state)
+        default = jax.sharding.SingleDeviceSharding(_default_device())
+        targets = {key: _target(where, leaf, default) for key, (where, leaf) in expected.items()}
+        try:
+            restored = checkpointer.restore(path, targets)
+        except Exception as error:  # damaged files: name the directory
+            raise InitError(
+                f"lazymod.restore_sharded: Orbax could not read the checkpoint "
+                f"{str(directory)!r} (its metadata matches the model; its data is damaged "
+                f"or incomplete): {type(error).__name__}: {_first_line(error)}"
+            ) from error
+    leaves, treedef = jtu.tree_flatten_with_path(skeleton)
+    values = [
+        _weak_as_made(restored[_key(skeleton, path, with_state)[0]], leaf)
+        if isinstance(leaf, jax.ShapeDtypeStruct)
+        else leaf  # static, a Python number or a flag: as the lazy model has it
+        for path, leaf in leaves
+    ]
+    return jtu.tree_unflatten(treedef, values)
+
+
+def _arrays_by_key(tree: Any, *, is_pair: bool) -> dict[str, tuple[str, Any]]:
+    """Every array (or `jax.ShapeDtypeStruct`) of `tree` by its checkpoint key, with
+    where it is as a reader names it (`MLP.layers[0].weight`)."""
+    found: dict[str, tuple[str, Any]] = {}
+    for path, leaf in jtu.tree_flatten_with_path(tree)[0]:
+        if not (eqx.is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct)):
+            continue  # static, a Python number or a flag: not in the checkpoint
+        key, where = _key(tree, path, is_pair)
+        if key in found:
+            raise InitError(
+                f"{found[key][0]} and {where} have the same path {key!r}, so a checkpoint "
+                "cannot tell them apart. Rename one of the fields or dict keys."
+            )
+        found[key] = (where, leaf)
+    return found
+
+
+def _key(tree: Any, path: KeyPath, is_pair: bool) -> tuple[str, str]:
+    """The checkpoint key of the array at `path`, and its name in messages."""
+    if not is_pair:
+        return path_str(path), display_path(tree, path)
+    if path[0].idx == 0:
+        return path_str(path[1:]), display_path(tree[0], path[1:])
+    key = _STATE + path_str(path[1:], leading_dot=True)
+    return key, key
+
+
+def _stored_arrays(ocp: Any, checkpointer: Any, path: Any, directory: Any) -> dict[str, Any]:
+    """The checkpoint's metadata: each array's shape and dtype, by key. Reads no array."""
+    if not (path / "_METADATA").exists():  # (Orbax would only log warnings)
+        children = sorted(path.iterdir())
+        inside = [child for child in children if (child / "_METADATA").exists()]
+        raise InitError(
+            f"lazymod.restore_sharded: {str(directory)!r} is not an Orbax checkpoint (it "
+            f"holds {[child.name for child in children][:_LISTED] or 'nothing'}). "
+            + (
+                f"Pass the checkpoint inside it: {str(inside[0])!r}."
+                if inside
+                else "Pass the directory lazymod.save_sharded wrote."
+            )
+        )
+    finished = ocp.utils.is_checkpoint_finalized(path)
+    tree = getattr(checkpointer.metadata(path).item_metadata, "tree", None) if finished else None
+    if tree is None:
+        raise InitError(
+            f"lazymod.restore_sharded: the checkpoint {str(directory)!r} is incomplete or "
+            "damaged (Orbax finds no finished metadata in it: a save that was "
+            "interrupted?). Restore an earlier checkpoint, or save again."
+        )
+    if not isinstance(tree, dict) or not all(
+        isinstance(key, str) and hasattr(meta, "shape") and hasattr(meta, "dtype")
+        for key, meta in tree.items()
+    ):
+        kind = type(tree).__name__ if not isinstance(tree, dict) else "nested dict"
+        raise InitError(
+            f"lazymod.restore_sharded: {str(directory)!r} is an Orbax checkpoint, but not "
+            f"one written by lazymod.save_sharded: it holds a {kind}, not a flat dict of "
+            "arrays keyed by path. Restore it with Orbax itself, then load the arrays "
+            "into the model with lazymod.init_shapes and jax.tree_util."
+        )
+    return tree
+
+
+def _check(
+    model: Any,
+    directory: Any,
+    expected: dict[str, tuple[str, Any]],
+    stored: dict[str, Any],
+    with_state: bool,
+) -> None:
+    """Raise one `InitError` listing every array the checkpoint lacks or holds with
+    another shape or dtype, and the arrays it holds that the model has no place for."""
+    mismatches = []
+    for key, (where, like) in expected.items():
+        if key not in stored:
+            mismatches.append(
+                f"{where}: expected {_describe(like)}; the checkpoint has no array {key!r}"
+            )
+            continue
+        raw = jax.eval_shape(jax.random.key_data, like) if _is_key(like) else like
+        meta = stored[key]
+        if tuple(meta.shape) != tuple(raw.shape) or jnp.dtype(meta.dtype) != raw.dtype:
+            mismatches.append(f"{where}: expected {_describe(like)}, found {_describe(meta)}")
+    extra = sorted(set(stored) - set(expected))
+    if extra:
+        names = ", ".join(repr(key) for key in extra[:_LISTED])
+        more = f" and {len(extra) - _LISTED} more" if len(extra) > _LISTED else ""
+        mismatches.append(
+            f"the checkpoint holds {len(extra)} array{'s' if len(extra) > 1 else ''} the "
+            f"model has no place for: {names}{more}"
+        )
+    if not mismatches:
+        return
+    hint = "Pass the inputs (shapes) and constructor arguments the checkpoint was saved with."
+    state_keys = [key for key in stored if key.startswith(_STATE + "[")]
+    if not with_state and extra and set(extra) == set(state_keys):
+        hint = "It holds a state too (saved from (model, state)): pass with_state=True."
+    elif with_state and not state_keys and any(k.startswith(_STATE + "[") for k in expected):
+        hint = (
+            "It holds no state (saved from the model alone): save (model, state), or "
+            "restore the model alone (with_state=False)."
+        )
+    listing = "\n".join(f"  - {line}" for line in mismatches)
+    raise InitError(
+        f"lazymod.restore_sharded: the checkpoint {str(directory)!r} does not match "
+        f"{type(model).__name__} as built from these inputs ({len(mismatches)} "
+        f"mismatch{'es' if len(mismatches) > 1 else ''}); nothing was read:\n{listing}\n" + hint
+    )
+
+
+def _target(
+    where: str, leaf: jax.ShapeDtypeStruct, default: jax.sharding.Sharding
+) -> jax.ShapeDtypeStruct:
+    """What Orbax restores the array into: its shape, dtype and sharding (or the default
+    device's), once the sharding is known to fit the shape."""
+    sharding = leaf.sharding or default
+    try:
+        sharding.shard_shape(leaf.shape)
+    except Exception as error:
+        raise init_error_like(error)(
+            f"lazymod.restore_sharded: {where}: the sharding {sharding} does not fit its "
+            f"shape {tuple(leaf.shape)}: {type(error).__name__}: {_first_line(error)} Give "
+            "this array a sharding with one entry per axis, each dividing its size (a rule "
+            "can look at leaf.shape)."
+        ) from error
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+
+def _weak_as_made(found: jax.Array, like: jax.ShapeDtypeStruct) -> jax.Array:
+    """A weakly typed scalar (PReLU's default slope, a state's counter) as init makes
+    it: weakly typed again (the checkpoint keeps only its dtype), in its sharding."""
+    if not getattr(like, "weak_type", False) or like.shape != () or found.weak_type:
+        return found
+    if not found.is_fully_addressable:  # across processes, init makes it strong too
+        return found
+    weak = jnp.asarray(found.item())  # a Python scalar: weakly typed
+    return jax.device_put(weak, found.sharding) if weak.dtype == found.dtype else found
+
+
+def _is_key(leaf: Any) -> bool:
+    return jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _describe(leaf: Any) -> str:
+    dtype = leaf.dtype if _is_key(leaf) else jnp.dtype(leaf.dtype).name
+    return f"{dtype}{list(leaf.shape)}"
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else ""
+
+
+def _default_device() -> jax.Device:
+    device = jax.config.jax_default_device
+    return device if isinstance(device, jax.Device) else jax.local_devices()[0]
+
+
+def _as_epath(directory: str | os.PathLike[str]) -> Any:
+    """`directory` as Orbax's path type (`etils.epath.Path`: local, or `gs://...`)."""
+    from etils import epath
+
+    return epath.Path(directory)
+
+
+def _import_orbax(entry: str) -> Any:
+    try:
+        import orbax.checkpoint as ocp
+    except ImportError as error:
+        raise ImportError(
+            f"{entry} saves and reads checkpoints with Orbax, which is not installed: "
+            'pip install "lazymod[checkpoint]" (or pip install orbax-checkpoint).'
+        ) from error
+    return ocp
