@@ -3,20 +3,29 @@
 Runs on 8 host-platform CPU devices (it sets XLA_FLAGS itself), so it needs no
 accelerator:
 
-    python examples/sharded_init.py [--smoke]
+    python examples/sharded_init.py [--smoke] [--processes N]
 
 Each weight matrix is split over the mesh's "model" axis as lazymod creates it: no
 device ever holds a full copy, and the values equal an unsharded init bit for bit.
+
+With `--processes 2` (or 4, or 8) the same code runs as that many processes of one
+`jax.distributed` job on this machine (`local_cluster.py`, over 127.0.0.1 only), 8/N
+devices each, as it would on N hosts: each process computes only the shards its own
+devices hold, and process 0 prints.
 """
 
 import argparse
 import os
+import sys
+
+import local_cluster  # next to this file; it does not import jax
 
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-)
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if not local_cluster.is_worker():  # a worker's devices are set by its launcher
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    )
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import equinox as eqx  # noqa: E402
 import jax  # noqa: E402
@@ -60,7 +69,27 @@ class Model(lm.Module):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a small model, for CI")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="run as N local processes (N divides 8)"
+    )
     options = parser.parse_args()
+    if options.processes < 1 or 8 % options.processes:
+        parser.error(f"--processes must divide 8, got {options.processes}")
+    if options.processes > 1 and not local_cluster.is_worker():
+        result = local_cluster.run(
+            __file__,
+            sys.argv[1:],
+            processes=options.processes,
+            devices_per_process=8 // options.processes,
+            timeout=600,
+        )
+        print(result.processes[0].stdout, end="")
+        print(f"{options.processes} processes finished in {result.seconds:.1f} s")
+        return
+    if local_cluster.is_worker():
+        local_cluster.connect()  # before anything creates the devices
+    # Every process runs every step; process 0 reports.
+    log = print if jax.process_index() == 0 else lambda *args: None
     width, hidden, depth = (64, 256, 2) if options.smoke else (512, 2048, 12)
 
     # Auto axes: XLA propagates the weights' shardings through the training step.
@@ -79,12 +108,15 @@ def main() -> None:
 
     weight = sharded.blocks[0].expand.weight
     shard_shapes = {shard.data.shape for shard in weight.addressable_shards}
-    print(f"blocks[0].expand.weight {weight.shape} is held as shards {sorted(shard_shapes)}")
+    log(f"blocks[0].expand.weight {weight.shape} is held as shards {sorted(shard_shapes)}")
     assert all(shape[0] == weight.shape[0] // 4 for shape in shard_shapes)
 
+    # Each process compares the shards it holds with an unsharded init on its own device.
     plain = lm.init(model, 0, spec)
     same = jax.tree.map(
-        lambda a, b: bool(np.array_equal(a, b)),
+        lambda a, b: all(
+            np.array_equal(shard.data, np.asarray(b)[shard.index]) for shard in a.addressable_shards
+        ),
         eqx.filter(sharded, eqx.is_array),
         eqx.filter(plain, eqx.is_array),
     )
@@ -105,7 +137,7 @@ def main() -> None:
     x = jax.random.normal(jax.random.key(1), (16, width))
     y = jax.random.randint(jax.random.key(2), (16,), 0, 8)
     trained, loss = step(sharded, x, y)
-    print(f"one training step on the mesh: loss {float(loss):.4f}")
+    log(f"one training step on the mesh: loss {float(loss):.4f}")
     assert trained.blocks[0].expand.weight.sharding.is_equivalent_to(weight.sharding, 2)
 
 
