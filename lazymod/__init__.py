@@ -1,6 +1,7 @@
 """lazymod: lazy, shape-inferred initialization for Equinox modules."""
 
 from . import nn as nn
+from ._cache import clear_caches as clear_caches
 from ._checkpoint import restore_sharded as restore_sharded, save_sharded as save_sharded
 from ._errors import (
     InitError as InitError,

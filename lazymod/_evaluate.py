@@ -69,14 +69,17 @@ def evaluate(
     closed: jex_core.ClosedJaxpr,
     outvars: Sequence[Any],
     targets: Sequence[jax.sharding.Sharding | None] | None = None,
+    inputs: Sequence[Any] | None = None,
 ) -> list[Any]:
     """The values of `outvars` (variables or literals of `closed.jaxpr`), which must
-    not depend on the jaxpr's inputs. A value bound for a sharding (`targets`) is
-    computed in its shards where it can be (`_shards.py`): a global array; otherwise
+    not depend on the jaxpr's specs (their `inputs` are `None`; the last inputs may be
+    root keys). A value bound for a sharding (`targets`) is computed in its shards
+    where it can be (`_shards.py`): a global array; otherwise
     in host memory, as a NumPy array for the caller to place. Other values computed
     here go to the default device as soon as they are ready."""
     jaxpr = closed.jaxpr.replace(outvars=list(outvars))
-    outs = _eval(jaxpr, closed.consts, [None] * len(jaxpr.invars))
+    inputs = [None] * len(jaxpr.invars) if inputs is None else list(inputs)
+    outs = _eval(jaxpr, closed.consts, inputs)
     targets = list(targets) if targets is not None else [None] * len(outs)
     symbolic = [(out, t) for out, t in zip(outs, targets) if isinstance(out, Symbolic)]
     compute_all([out for out, target in symbolic if target is None], on_device=True)

@@ -20,6 +20,7 @@ from typing import Any
 import equinox as eqx
 import jax
 
+from ._cache import at_top_level, keep, lookup, trace_key
 from ._collection import collection_paused
 from ._context import Capture
 from ._errors import InitError
@@ -272,6 +273,11 @@ def shapes_of(
         )
         return result
 
+    leaves = jax.tree.leaves((module, args, kwargs))
+    if at_top_level() and not any(eqx.is_array(leaf) for leaf in leaves):
+        # Nothing to keep from being computed: trace directly (the trace is kept for
+        # later inits, see _cache.py), with a key whose values nothing reads.
+        return run(module, _shapes_key(), args, kwargs)
     # The forward pass's own keyword arguments (a `key=` among them) travel as one dict.
     return eqx.filter_eval_shape(run, module, abstract_key(), args, kwargs)
 
@@ -305,11 +311,17 @@ def initialize(
     options = dict(
         function=function, args=args, kwargs=kwargs, capture=capture_intermediates, entry=entry
     )
+    # A model of the same structure, inputs and options traced before: its trace
+    # serves again, with these keys (see _cache.py).
+    kept = trace_key(module, keys, (args, kwargs), (function, capture_intermediates))
+    traced = lookup(kept)
     try:
         try:
             # Staged: the whole construction becomes one jaxpr, evaluated afterwards
             # without compiling a program per parameter shape (see _evaluate.py).
-            traced = trace(module, keys, staged=True, **options)
+            if traced is None:
+                traced = trace(module, keys, staged=True, **options)
+                keep(kept, traced)
         except NEEDS_VALUES:
             # The code branches on values (data-dependent init with real arrays): run
             # it op by op, so concrete inputs give concrete values.
@@ -319,12 +331,18 @@ def initialize(
         raise
     paths = traced.skeleton.array_paths
     targets = [] if abstract else targets_for(module, traced.out_shapes, paths, sharding)
-    values = compute(module, traced, abstract=abstract, targets=targets)
+    values = compute(module, traced, abstract=abstract, targets=targets, keys=keys)
     if not abstract:
         values = place(module, values, paths, targets)
     result, intermediates = traced.skeleton.unflatten(values)
     _check_complete(result, partial, entry, ran=function is not None)
     return (split_state(result, abstract) if with_state else result), intermediates
+
+
+@functools.cache
+def _shapes_key() -> jax.Array:
+    """The key of an init that computes nothing (its trace alone gives the shapes)."""
+    return jax.random.key(0)
 
 
 @functools.cache

@@ -74,6 +74,15 @@ class Traced:
     jaxpr: jex_core.ClosedJaxpr
     out_shapes: list[Any]
     skeleton: Skeleton
+    # Staged: the last inputs of the jaxpr are the root keys of these streams, so that
+    # the same trace serves another init with other keys.
+    streams: tuple[str, ...] = ()
+
+    def inputs(self, keys: dict[str, PRNGKeyArray]) -> list[Any]:
+        """The jaxpr's inputs for an init with `keys`: `None` for every spec (no
+        computed value depends on one), then the root keys."""
+        specs = len(self.jaxpr.jaxpr.invars) - len(self.streams)
+        return [None] * specs + [keys[stream] for stream in self.streams]
 
 
 # What JAX raises when Python code needs the value of a traced array.
@@ -105,8 +114,14 @@ def trace(
     ]
     context = InitContext(keys, capture=capture, root_name=type(module).__name__)
     skeletons: list[Skeleton] = []
+    # Staged, the root keys are inputs of the jaxpr; unstaged, values computed op by
+    # op need them concrete.
+    streams = tuple(sorted(keys)) if staged else ()
 
-    def run(*traced_specs: jax.Array) -> list[jax.Array]:
+    def run(*traced: jax.Array) -> list[jax.Array]:
+        traced_specs = traced[: len(spec_positions)]
+        if streams:
+            context.keys = dict(zip(streams, traced[len(spec_positions) :]))
         leaves = list(input_leaves)
         for position, traced in zip(spec_positions, traced_specs):
             leaves[position] = traced
@@ -117,6 +132,7 @@ def trace(
             outputs, skeleton = _take_arrays(result, context)
         finally:
             context.release()  # no reference to a tracer may outlive the trace
+            context.keys = keys
         skeletons.append(skeleton)
         return outputs
 
@@ -125,7 +141,8 @@ def trace(
     eager = contextlib.nullcontext() if staged else jax.ensure_compile_time_eval()
     try:
         with active(context), eager:
-            closed, out_shapes = jax.make_jaxpr(run, return_shape=True)(*specs)
+            root_keys = [keys[stream] for stream in streams]
+            closed, out_shapes = jax.make_jaxpr(run, return_shape=True)(*specs, *root_keys)
     except NEEDS_VALUES as error:
         if staged:  # the caller runs it again, unstaged, for real arrays
             raise
@@ -138,7 +155,7 @@ def trace(
             "lazymod.init; otherwise branch on shapes and dtypes only "
             f"({type(error).__name__}: {str(error).splitlines()[0]})"
         ) from error
-    return Traced(closed, out_shapes, skeletons[0])
+    return Traced(closed, out_shapes, skeletons[0], streams)
 
 
 def _run_mechanisms(

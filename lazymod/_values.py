@@ -44,15 +44,17 @@ def compute(
     *,
     abstract: bool,
     targets: list[jax.sharding.Sharding | None],
+    keys: dict[str, Any],
 ) -> list[Any]:
-    """The value of every output of the trace: computed where it does not depend on a
-    spec, a `ShapeDtypeStruct` (intermediates) or an error (fields) where it does; with
+    """The value of every output of the trace, for the root `keys`: computed where it
+    does not depend on a spec, a `ShapeDtypeStruct` (intermediates) or an error
+    (fields) where it does; with
     `abstract`, a `ShapeDtypeStruct` everywhere. `targets` gives the sharding of the
     first outputs (the parameters; `None`: the default device): the fast evaluator
     computes such an array in its shards where it can, else leaves it in host memory
     for the caller to place. Other computed arrays go to the default device."""
     jaxpr = traced.jaxpr.jaxpr
-    depends = depends_on_inputs(jaxpr)
+    depends = depends_on_inputs(jaxpr, len(jaxpr.invars) - len(traced.streams))
     leaked = [i for i in range(traced.skeleton.num_params) if depends[i]]
     if leaked:
         _raise_data_dependent(module, traced, leaked)
@@ -68,16 +70,18 @@ def compute(
     keep = [not d for d in depends]
     bound = [*targets, *[None] * (len(keep) - len(targets))]
     kept_targets = [t for t, k in zip(bound, keep) if k]
-    computed = iter(evaluate_constants(traced.jaxpr, keep, targets=kept_targets))
+    inputs = traced.inputs(keys)
+    computed = iter(evaluate_constants(traced.jaxpr, keep, targets=kept_targets, inputs=inputs))
     return [
         _as_array(next(computed), var.aval) if k else jax.ShapeDtypeStruct(shape.shape, shape.dtype)
         for k, shape, var in zip(keep, traced.out_shapes, jaxpr.outvars)
     ]
 
 
-def depends_on_inputs(jaxpr: jex_core.Jaxpr) -> list[bool]:
-    """For each output of `jaxpr`, whether it depends on one of its inputs."""
-    tainted = set(jaxpr.invars)
+def depends_on_inputs(jaxpr: jex_core.Jaxpr, specs: int | None = None) -> list[bool]:
+    """For each output of `jaxpr`, whether it depends on one of its first `specs`
+    inputs (by default all; the others are root keys)."""
+    tainted = set(jaxpr.invars[:specs])
     for eqn in jaxpr.eqns:
         if any(isinstance(v, jex_core.Var) and v in tainted for v in eqn.invars):
             tainted.update(eqn.outvars)
@@ -89,10 +93,12 @@ def evaluate_constants(
     keep: list[bool],
     *,
     targets: list[jax.sharding.Sharding | None] | None = None,
+    inputs: list[Any] | None = None,
 ) -> list[Any]:
-    """The outputs of `closed` marked in `keep` (none may depend on its inputs),
-    running only the equations they need, with the evaluator `LAZYMOD_EVALUATOR`
-    names."""
+    """The outputs of `closed` marked in `keep` (none may depend on its specs: their
+    `inputs` are `None`, the root keys' are keys), running only the equations they
+    need, with the evaluator `LAZYMOD_EVALUATOR` names."""
+    inputs = [None] * len(closed.jaxpr.invars) if inputs is None else inputs
     jaxpr = closed.jaxpr
     outvars = [v for v, k in zip(jaxpr.outvars, keep) if k]
     needed = {v for v in outvars if isinstance(v, jex_core.Var)}
@@ -102,17 +108,17 @@ def evaluate_constants(
             eqns.append(eqn)
             needed.update(v for v in eqn.invars if isinstance(v, jex_core.Var))
     eqns.reverse()
-    if not eqns:  # every value is already a constant
-        env = dict(zip(jaxpr.constvars, closed.consts))
+    if not eqns:  # every value is already a constant (or a root key)
+        env = dict(zip(jaxpr.constvars, closed.consts)) | dict(zip(jaxpr.invars, inputs))
         return [v.val if isinstance(v, jex_core.Literal) else env[v] for v in outvars]
     pruned = jex_core.ClosedJaxpr(jaxpr.replace(eqns=eqns, outvars=outvars), closed.consts)
     if chosen_evaluator() == "fast" and not pruned.jaxpr.effects:
         if targets and any(t is not None for t in targets) and fast_evaluator is not None:
-            return _evaluate_sharded(pruned, outvars, targets)
-        values = _evaluate_fast(pruned, outvars, targets)
+            return _evaluate_sharded(pruned, outvars, targets, inputs)
+        values = _evaluate_fast(pruned, outvars, targets, inputs)
         if values is not None:
             return values
-    return jax.core.eval_jaxpr(pruned.jaxpr, pruned.consts, *[None] * len(jaxpr.invars))
+    return jax.core.eval_jaxpr(pruned.jaxpr, pruned.consts, *inputs)
 
 
 def chosen_evaluator() -> str:
@@ -130,6 +136,7 @@ def _evaluate_sharded(
     pruned: jex_core.ClosedJaxpr,
     outvars: list[Any],
     targets: list[jax.sharding.Sharding | None],
+    inputs: list[Any],
 ) -> list[Any]:
     """The fast evaluator for the values it computes in their shards; a program jitted
     with the targets as `out_shardings` for sharded values it would compute whole (a
@@ -142,16 +149,16 @@ def _evaluate_sharded(
         sub = pruned.jaxpr.replace(outvars=[outvars[i] for i in jitted])
         run = functools.partial(jax.core.eval_jaxpr, sub, pruned.consts)
         shardings = [targets[i] for i in jitted]
-        nothing = [None] * len(sub.invars)  # the values do not depend on the inputs
-        for i, value in zip(jitted, jax.jit(run, out_shardings=shardings)(*nothing)):
+        for i, value in zip(jitted, jax.jit(run, out_shardings=shardings)(*inputs)):
             values[i] = value
     if rest:
         sub = pruned.jaxpr.replace(outvars=[outvars[i] for i in rest])
+        rest_targets = [targets[i] for i in rest]
         computed = _evaluate_fast(
-            jex_core.ClosedJaxpr(sub, pruned.consts), sub.outvars, [targets[i] for i in rest]
+            jex_core.ClosedJaxpr(sub, pruned.consts), sub.outvars, rest_targets, inputs
         )
         if computed is None:
-            computed = jax.core.eval_jaxpr(sub, pruned.consts, *[None] * len(sub.invars))
+            computed = jax.core.eval_jaxpr(sub, pruned.consts, *inputs)
         for i, value in zip(rest, computed):
             values[i] = value
     return values
@@ -161,13 +168,14 @@ def _evaluate_fast(
     pruned: jex_core.ClosedJaxpr,
     outvars: list[Any],
     targets: list[jax.sharding.Sharding | None] | None,
+    inputs: list[Any],
 ) -> list[Any] | None:
     """The fast evaluator's values, or `None` (after one warning per process) if it
     cannot run on this JAX or meets something it does not know."""
     problem = _import_problem
     if fast_evaluator is not None:
         try:
-            return fast_evaluator.evaluate(pruned, outvars, targets)
+            return fast_evaluator.evaluate(pruned, outvars, targets, inputs)
         except fast_evaluator.UNSUPPORTED as error:
             problem = f"{type(error).__name__}: {error}"
     _warn_once(problem)

@@ -1,0 +1,133 @@
+"""Traces kept for later inits of the same structure.
+
+Tracing the forward pass is most of an init's cost. A second init of a model of the
+same structure, with inputs of the same shapes and keys of the same streams, runs the
+same Python code to the same jaxpr: only the root keys differ, and they are the
+jaxpr's inputs. So the trace is kept (as `jax.jit` keeps its compilations) and the
+later init only computes values. What makes two inits "the same" is everything the
+trace can see: the module's tree structure with its static fields and non-array
+leaves (functions by identity), the inputs' structure, shapes, dtypes and Python
+values, the key streams and implementation, the options, and JAX's configuration.
+
+An init is not kept when it could see anything else: arrays in the module or among
+the inputs (a re-init, a data-dependent init), tracers of an enclosing
+transformation, an unhashable leaf, or code that branched on values (traced op by
+op). Code whose shapes depend on Python state outside the module and its inputs (a
+global changed between two inits) must call `lazymod.clear_caches()` after changing
+it, as with `jax.jit`."""
+
+import collections
+import threading
+from collections.abc import Hashable
+from typing import Any
+
+import jax
+import jax.tree_util as jtu
+import numpy as np
+
+from ._context import current_trace
+
+
+_TOP_LEVEL = type(current_trace())  # the trace outside every transformation
+_CAPACITY = 64  # structures kept, least recently used first out
+_MAX_CONSTANT_BYTES = 2**24
+_traces: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
+_lock = threading.Lock()
+
+
+def clear_caches() -> None:
+    """Forget every trace `lazymod.init` kept: the next init of any model traces it
+    again. Call it after changing Python state that a forward pass reads outside its
+    module and inputs (as `jax.clear_caches()` for `jax.jit`).
+
+    ```python
+    import jax, jax.numpy as jnp, lazymod as lm
+
+    lm.init(lm.nn.Linear(2), 0, jax.ShapeDtypeStruct((3,), jnp.float32))
+    lm.clear_caches()
+    ```
+    """
+    with _lock:
+        _traces.clear()
+
+
+def trace_key(module: Any, keys: dict[str, Any], inputs: Any, options: tuple) -> Hashable | None:
+    """What the trace of this init depends on, or `None` when it cannot be kept."""
+    if not at_top_level():
+        return None
+    try:
+        module_leaves, module_tree = jtu.tree_flatten(module)
+        input_leaves, input_tree = jtu.tree_flatten(inputs)
+        parts = (
+            module_tree,
+            tuple(_leaf_key(leaf) for leaf in module_leaves),
+            input_tree,
+            tuple(_leaf_key(leaf) for leaf in input_leaves),
+            tuple((stream, _key_kind(key)) for stream, key in sorted(keys.items())),
+            options,
+            _configuration(),
+        )
+        hash(parts)
+    except _NotKept:
+        return None
+    except TypeError:  # an unhashable leaf or static field
+        return None
+    return parts
+
+
+def at_top_level() -> bool:
+    """Whether no transformation (`jax.jit`, `jax.vmap`, `jax.eval_shape`...) is being
+    traced around this call."""
+    return type(current_trace()) is _TOP_LEVEL
+
+
+def lookup(key: Hashable | None) -> Any:
+    """The trace kept for `key`, or `None`."""
+    if key is None:
+        return None
+    with _lock:
+        traced = _traces.get(key)
+        if traced is not None:
+            _traces.move_to_end(key)
+        return traced
+
+
+def keep(key: Hashable | None, traced: Any) -> None:
+    """Keep `traced` for later inits with `key`, unless its constants are large (a
+    forward pass closing over a big array: the cache would hold it)."""
+    constants = sum(getattr(c, "nbytes", 0) for c in traced.jaxpr.consts)
+    if key is None or constants > _MAX_CONSTANT_BYTES:
+        return
+    with _lock:
+        _traces[key] = traced
+        while len(_traces) > _CAPACITY:
+            _traces.popitem(last=False)
+
+
+class _NotKept(Exception):
+    pass
+
+
+def _leaf_key(leaf: Any) -> Hashable:
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return ("spec", leaf.shape, np.dtype(leaf.dtype), leaf.weak_type, leaf.sharding)
+    if isinstance(leaf, (jax.Array, np.ndarray, np.generic, jax.core.Tracer)):
+        raise _NotKept  # values the trace may read
+    return (type(leaf), leaf)
+
+
+def _key_kind(key: Any) -> Hashable:
+    if isinstance(key, jax.core.Tracer):
+        raise _NotKept
+    return (key.dtype, key.shape)
+
+
+def _configuration() -> Hashable:
+    config = jax.config
+    return (
+        config.jax_enable_x64,
+        config.jax_default_prng_impl,
+        config.jax_threefry_partitionable,
+        config.jax_numpy_dtype_promotion,
+        config.jax_default_matmul_precision,
+    )

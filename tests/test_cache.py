@@ -1,0 +1,99 @@
+"""A later init of the same structure reuses the first one's trace (keys are its
+inputs): the forward pass runs once, the values are those of a fresh trace bit for
+bit, and anything the trace could see that differs makes a new trace."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import pytest
+
+import lazymod as lm
+
+from .helpers import spec, tree_bit_equal
+
+
+RUNS: list[str] = []
+
+
+class Counted(lm.Module):
+    """Records every run of its forward pass (a Python side effect: once per trace)."""
+
+    layer: lm.nn.Linear
+    width: int = eqx.field(static=True)
+
+    def __init__(self, width: int = 3):
+        self.layer = lm.nn.Linear(width)
+        self.width = width
+
+    def __call__(self, x):
+        RUNS.append("call")
+        return self.layer(x)
+
+
+@pytest.fixture(autouse=True)
+def fresh():
+    lm.clear_caches()
+    RUNS.clear()
+    yield
+    lm.clear_caches()
+
+
+def test_a_later_init_reuses_the_trace_with_its_own_keys():
+    first = lm.init(Counted(), 0, spec(4))
+    second = lm.init(Counted(), 1, spec(4))
+    assert RUNS == ["call"]  # traced once
+    lm.clear_caches()
+    assert tree_bit_equal(second, lm.init(Counted(), 1, spec(4)))  # a fresh trace
+    assert RUNS == ["call", "call"]
+    assert not tree_bit_equal(first, second)
+
+
+def test_whatever_the_trace_sees_makes_a_new_trace():
+    lm.init(Counted(), 0, spec(4))
+    lm.init(Counted(), 0, spec(5))  # another input shape
+    lm.init(Counted(), 0, spec(4, dtype=jnp.float16))  # another dtype
+    lm.init(Counted(width=2), 0, spec(4))  # another static field
+    lm.init(Counted(), {"params": 0, "dropout": 1}, spec(4))  # other streams
+    lm.init(Counted(), 0, spec(4), method=Counted.__call__)  # the same method
+    assert len(RUNS) == 5
+
+
+def test_inits_that_could_see_values_are_traced_every_time():
+    built = lm.init(Counted(), 0, spec(4))
+    RUNS.clear()
+    lm.init(built, 0, spec(4))  # a re-init: the module holds arrays
+    lm.init(built, 0, spec(4))
+    lm.init(Counted(), 0, jnp.ones(4))  # a real array as input
+    lm.init(Counted(), 0, jnp.ones(4))
+    eqx.filter_jit(lambda: lm.init(Counted(), 0, spec(4)))()  # inside a transformation
+    assert len(RUNS) == 5
+    lm.init(Counted(), 0, spec(4))  # the first init's trace, kept
+    assert len(RUNS) == 5
+
+
+def test_functions_made_per_instance_are_not_mistaken_for_one_another():
+    def model(scale):
+        class Holder(lm.Module):
+            w: jax.Array
+
+            def __init__(self):
+                self.w = lm.Initializer(lambda key: scale * jnp.ones(2))
+
+        return Holder()
+
+    assert (lm.init(model(1.0), 0).w == 1.0).all()
+    assert (lm.init(model(2.0), 0).w == 2.0).all()
+
+
+def test_init_shapes_and_init_share_the_trace():
+    shapes = lm.init_shapes(Counted(), spec(4))
+    model = lm.init(Counted(), 0, spec(4))
+    assert RUNS == ["call"]
+    assert shapes.layer.weight.shape == model.layer.weight.shape == (3, 4)
+
+
+def test_clear_caches_traces_again():
+    lm.init(Counted(), 0, spec(4))
+    lm.clear_caches()
+    lm.init(Counted(), 0, spec(4))
+    assert RUNS == ["call", "call"]
