@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import report
+from . import report, sharded
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,6 +159,10 @@ def main() -> None:
     }
     text = report.write(results, Path(options.out))
     print(text)
+    log("sharded init (also: python -m benchmarks.sharded):")
+    rows = sharded.run(options.quick, repeats, log)
+    (ROOT / "docs" / "benchmarks" / "sharded.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(sharded.table(rows))
 
 
 if __name__ == "__main__":

@@ -99,3 +99,27 @@ def test_the_report_shows_each_case_once(quick, tmp_path):
         "batch.png",
     }
     assert report.load(tmp_path / "benchmarks" / "results.json") == results
+
+
+def test_the_sharded_table_puts_the_libraries_side_by_side():
+    from benchmarks import sharded
+
+    rows = [
+        {
+            "case": "c",
+            "framework": "lazymod",
+            "seconds": 1.5,
+            "staging_mib": 4.2,
+            "peak_rss_mib": 700,
+        },
+        {
+            "case": "c",
+            "framework": "flax",
+            "seconds": 1.2,
+            "staging_mib": 2.9,
+            "peak_rss_mib": 1300,
+        },
+    ]
+    line = sharded.table(rows).splitlines()[-1]
+    assert line == "| c | 4.2 MiB | 2.9 MiB | 700 MiB | 1300 MiB | 1.50 s | 1.20 s |"
+    assert [case[3] for case in sharded.CASES] == [1, 2]  # one process, then two
