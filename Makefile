@@ -32,7 +32,7 @@ demo: $(VENV)/.installed
 # site. The tests run in one process per core, at most 4.
 CORE_TESTS := tests/test_init.py tests/test_seeds.py tests/test_engine.py tests/test_errors.py \
 	tests/test_restore.py tests/test_summary.py tests/test_stateful.py tests/test_threads.py \
-	tests/test_nn.py tests/test_properties.py
+	tests/test_nn.py tests/test_properties.py tests/test_golden.py tests/test_cache.py
 
 test: $(VENV)/.installed-dev lint
 	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
