@@ -81,10 +81,11 @@ def init(
     - `sharding`: where to put each array: a function `rule(path, leaf)` of the
         array's path (like `"layers[0].weight"`) and its `jax.ShapeDtypeStruct`,
         returning a `jax.sharding.Sharding` or `None` (the default device); or one
-        `Sharding` for every array; or a `jax.sharding.Mesh`, to shard each
-        `Initializer(..., partition=...)` as it says and replicate every other array.
-        Arrays go straight from host memory to their shards, so no device holds a full
-        copy of a sharded array.
+        `Sharding` for every array; or a `jax.sharding.Mesh`, to shard each array
+        annotated by `Initializer(..., partition=...)` or a layer's `.partitioned(...)`
+        as it says and replicate every other array; or a `lazymod.AxisRules`, for
+        annotations of logical axis names. Each process computes only the blocks its
+        devices hold (see [Sharding](sharding.md) for the values that need a full copy).
 
     **Returns:**
 
