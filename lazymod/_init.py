@@ -328,7 +328,7 @@ def initialize(
             # it op by op, so concrete inputs give concrete values.
             traced = trace(module, keys, staged=False, **options)
     except Exception as error:
-        note_likely_causes(error, args, with_state, entry)
+        note_likely_causes(error, args, with_state, entry, module)
         raise
     paths = traced.skeleton.array_paths
     targets = [] if abstract else targets_for(module, traced.out_shapes, paths, sharding)

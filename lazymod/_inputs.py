@@ -82,9 +82,20 @@ def check_specs(args: tuple[Any, ...], kwargs: dict[str, Any], entry: str) -> No
 
 
 def note_likely_causes(
-    error: Exception, args: tuple[Any, ...], with_state: bool, entry: str = "lazymod.init"
+    error: Exception,
+    args: tuple[Any, ...],
+    with_state: bool,
+    entry: str = "lazymod.init",
+    module: Any = None,
 ) -> None:
     """Where lazymod can tell what went wrong, say what to do, in a note."""
+    built = any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(module))
+    if built and isinstance(error, TypeError | ValueError) and "shape" in str(error):
+        error.add_note(
+            f"(lazymod: {type(module).__name__} holds built layers, and init never "
+            "rebuilds a layer: a layer built for inputs of one shape cannot take another. "
+            "For inputs of other shapes, initialize a new lazy model.)"
+        )
     too_many = isinstance(error, TypeError) and "positional argument" in str(error)
     too_many = too_many and "were given" in str(error)
     if with_state and too_many:

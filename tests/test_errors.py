@@ -648,7 +648,18 @@ ROWS = [
         lambda: lm.init(Model(), 0, spec(4)),
         lambda m: lm.init(m, 0, spec(8)),
         TypeError,
-        (r"raised in Model\.head \(Linear.__call__\), called with inputs \(float32\[8\]\)",),
+        (
+            r"raised in Model\.head \(Linear.__call__\), called with inputs \(float32\[8\]\)",
+            "init never rebuilds a layer",
+            "initialize a new lazy model",
+        ),
+    ),
+    Row(
+        "dropout-probability-out-of-range",
+        lambda: None,
+        lambda m: lm.nn.Dropout(1.5),
+        ValueError,
+        ("lazymod.nn.Dropout: p is the fraction of entries set to zero, between 0 and 1",),
     ),
     Row(
         "sharding-not-a-rule",
@@ -843,6 +854,8 @@ def test_every_row_is_in_the_docs_errors_page():
         "takes no key",
         "int seed becomes a traced array",
         "Sequential.layers[1] (Linear.__call__)",
+        "init never rebuilds a layer",
+        "between 0 and 1",
     ):
         assert phrase in page, phrase
 

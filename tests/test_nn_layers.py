@@ -325,7 +325,7 @@ BAD = [
     (
         lambda: lm.nn.MultiheadAttention(2),
         (spec(3, 8), spec(4, 8), spec(5, 8)),
-        "same sequence length",
+        "the sequence length of `key_`",
         "(5, 8)",
     ),
     (lambda: lm.nn.MultiheadAttention(3), (spec(3, 8),) * 3, "divisible by num_heads=3", "(3, 8)"),

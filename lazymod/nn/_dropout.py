@@ -49,6 +49,11 @@ class Dropout(Module, eqx.nn.Dropout):
         - `inference`: whether to skip dropout; toggled by `eqx.nn.inference_mode`.
         - `deterministic`: Equinox's deprecated alternative to `inference`.
         """
+        if isinstance(p, int | float) and not 0 <= p <= 1:
+            raise ValueError(
+                f"lazymod.nn.Dropout: p is the fraction of entries set to zero, between 0 "
+                f"and 1; got {p}."
+            )
         layer = eqx.nn.Dropout(p, inference, deterministic=deterministic)
         self.p = layer.p
         self.inference = layer.inference

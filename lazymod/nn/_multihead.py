@@ -89,8 +89,7 @@ class MultiheadAttention(LazyLayer):
                 raise self._bad_input(f"`{name}` of shape (seq_length, {name}_size)", x)
         if key_.shape[0] != value.shape[0]:
             raise self._bad_input(
-                f"`key_` and `value` of the same sequence length (`key_` has shape "
-                f"{tuple(key_.shape)}); for `value`, it",
+                f"`value` of the sequence length of `key_`, which has shape {tuple(key_.shape)}",
                 value,
                 "Give key_ and value one entry per position of the same sequence.",
             )
