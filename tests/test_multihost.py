@@ -38,9 +38,13 @@ def results(run) -> list[dict]:
     ]
 
 
-def test_two_processes_each_compute_and_hold_only_their_shards():
+def test_two_processes_each_compute_and_hold_only_their_shards(tmp_path):
     run = local_cluster.run(
-        ROOT / "tests" / "multihost_worker.py", processes=2, devices_per_process=2, timeout=120
+        ROOT / "tests" / "multihost_worker.py",
+        [str(tmp_path)],  # where both processes save and restore a sharded checkpoint
+        processes=2,
+        devices_per_process=2,
+        timeout=120,
     )
     assert [p.returncode for p in run.processes] == [0, 0]  # both exited by themselves
     found = sorted(results(run), key=lambda result: result["process"])
@@ -55,7 +59,7 @@ def test_two_processes_each_compute_and_hold_only_their_shards():
             f"shards bit-equal; timings {result['timings']}"
         )
         assert result["sharded_init_host_peak_bytes"] < result["largest_weight_bytes"] / 2
-        assert result["shards_checked"] == 16  # 8 arrays x 2 devices
+        assert result["shards_checked"] == 32  # 8 arrays x 2 devices, initialized, restored
     assert found[0]["loss"] == found[1]["loss"]
     print(f"2-process job: {run.seconds:.1f} s wall")
     # The launcher saw the coordinator listening, and only on 127.0.0.1 (else it raises).
