@@ -29,7 +29,7 @@ from ._context import current_trace
 
 
 _TOP_LEVEL = type(current_trace())  # the trace outside every transformation
-_CAPACITY = 64  # structures kept, least recently used first out
+_CAPACITY = 16  # structures kept, least recently used first out (a deep model's trace is MBs)
 _MAX_CONSTANT_BYTES = 2**24
 _traces: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
 _lock = threading.Lock()
