@@ -122,12 +122,14 @@ def _key_kind(key: Any) -> Hashable:
     return (key.dtype, key.shape)
 
 
+_CONFIGURATION = (  # JAX options that change what a trace gives
+    "jax_enable_x64",
+    "jax_default_prng_impl",
+    "jax_threefry_partitionable",
+    "jax_numpy_dtype_promotion",
+    "jax_default_matmul_precision",
+)
+
+
 def _configuration() -> Hashable:
-    config = jax.config
-    return (
-        config.jax_enable_x64,
-        config.jax_default_prng_impl,
-        config.jax_threefry_partitionable,
-        config.jax_numpy_dtype_promotion,
-        config.jax_default_matmul_precision,
-    )
+    return tuple(getattr(jax.config, name, None) for name in _CONFIGURATION)
