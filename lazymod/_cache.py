@@ -17,18 +17,20 @@ global changed between two inits) must call `lazymod.clear_caches()` after chang
 it, as with `jax.jit`."""
 
 import collections
+import dataclasses
 import threading
 from collections.abc import Hashable
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.tree_util as jtu
 import numpy as np
+from jax.extend import core as jex_core
 
-from ._context import current_trace
+from ._context import at_top_level
 
 
-_TOP_LEVEL = type(current_trace())  # the trace outside every transformation
 _CAPACITY = 16  # structures kept, least recently used first out (a deep model's trace is MBs)
 _MAX_CONSTANT_BYTES = 2**24
 _traces: collections.OrderedDict[Hashable, Any] = collections.OrderedDict()
@@ -60,6 +62,7 @@ def trace_key(module: Any, keys: dict[str, Any], inputs: Any, options: tuple) ->
         input_leaves, input_tree = jtu.tree_flatten(inputs)
         parts = (
             module_tree,
+            _static_numbers(module),  # 1 == 1.0 == True and -0.0 == 0.0 to the treedef
             tuple(_leaf_key(leaf) for leaf in module_leaves),
             input_tree,
             tuple(_leaf_key(leaf) for leaf in input_leaves),
@@ -75,12 +78,6 @@ def trace_key(module: Any, keys: dict[str, Any], inputs: Any, options: tuple) ->
     return parts
 
 
-def at_top_level() -> bool:
-    """Whether no transformation (`jax.jit`, `jax.vmap`, `jax.eval_shape`...) is being
-    traced around this call."""
-    return type(current_trace()) is _TOP_LEVEL
-
-
 def lookup(key: Hashable | None) -> Any:
     """The trace kept for `key`, or `None`."""
     if key is None:
@@ -93,10 +90,19 @@ def lookup(key: Hashable | None) -> Any:
 
 
 def keep(key: Hashable | None, traced: Any) -> None:
-    """Keep `traced` for later inits with `key`, unless its constants are large (a
-    forward pass closing over a big array: the cache would hold it)."""
+    """Keep `traced` for later inits with `key`, unless later inits would share its
+    objects: a NumPy array init assigned (mutable), or an array the trace computed and
+    returns as it is (a constant, which a donation would delete); or unless its
+    constants are large (a forward pass closing over a big array)."""
+    if key is None:
+        return
+    jaxpr = traced.jaxpr.jaxpr
     constants = sum(getattr(c, "nbytes", 0) for c in traced.jaxpr.consts)
-    if key is None or constants > _MAX_CONSTANT_BYTES:
+    leaves = [*traced.skeleton.leaves, *traced.skeleton.inter_leaves]
+    shared = any(isinstance(leaf, np.ndarray) for leaf in leaves) or any(
+        v in set(jaxpr.constvars) for v in jaxpr.outvars if isinstance(v, jex_core.Var)
+    )
+    if shared or constants > _MAX_CONSTANT_BYTES:
         return
     with _lock:
         _traces[key] = traced
@@ -108,11 +114,45 @@ class _NotKept(Exception):
     pass
 
 
+def _static_numbers(tree: Any) -> tuple[Hashable, ...]:
+    """The numbers among the static fields of the modules in `tree`, with their types
+    and signs (without asking any other static value for its repr, which may be slow)."""
+    found: list[Hashable] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, eqx.Module):
+            for field in dataclasses.fields(node):
+                value = getattr(node, field.name, None)
+                if field.metadata.get("static", False):
+                    found.append(_number_key(value))
+                else:
+                    visit(value)
+        elif isinstance(node, list | tuple):
+            for child in node:
+                visit(child)
+        elif isinstance(node, dict):
+            for child in node.values():
+                visit(child)
+
+    visit(tree)
+    return tuple(found)
+
+
+def _number_key(value: Any) -> Hashable:
+    if isinstance(value, bool | int | float | complex):
+        return (type(value), repr(value))
+    if isinstance(value, tuple):
+        return tuple(_number_key(v) for v in value)
+    return None  # compared by the treedef
+
+
 def _leaf_key(leaf: Any) -> Hashable:
     if isinstance(leaf, jax.ShapeDtypeStruct):
         return ("spec", leaf.shape, np.dtype(leaf.dtype), leaf.weak_type, leaf.sharding)
     if isinstance(leaf, (jax.Array, np.ndarray, np.generic, jax.core.Tracer)):
         raise _NotKept  # values the trace may read
+    if isinstance(leaf, bool | int | float | complex):
+        return (type(leaf), repr(leaf))  # 0.0 and -0.0, 1 and True: equal, not the same
     return (type(leaf), leaf)
 
 

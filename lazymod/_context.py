@@ -328,3 +328,12 @@ def current_trace() -> Any:
     """The JAX trace that operations are staged into right now."""
     with jex_core.take_current_trace() as trace:
         return trace
+
+
+_TOP_LEVEL = type(current_trace())  # the trace outside every transformation
+
+
+def at_top_level() -> bool:
+    """Whether no transformation (`jax.jit`, `jax.vmap`, `jax.eval_shape`...) is being
+    traced around this call."""
+    return type(current_trace()) is _TOP_LEVEL

@@ -20,9 +20,9 @@ from typing import Any
 import equinox as eqx
 import jax
 
-from ._cache import at_top_level, keep, lookup, trace_key
+from ._cache import keep, lookup, trace_key
 from ._collection import collection_paused
-from ._context import Capture
+from ._context import at_top_level, Capture
 from ._errors import InitError
 from ._inputs import check_specs, note_likely_causes, resolve_method
 from ._keys import normalize_keys
@@ -141,6 +141,7 @@ def init_with_state(
     *args: Any,
     method: str | Callable[..., Any] | None = None,
     partial: bool = False,
+    sharding: Sharding = None,
     **kwargs: Any,
 ) -> tuple[Any, eqx.nn.State]:
     """The lazy counterpart of `eqx.nn.make_with_state`: initialize a model holding
@@ -185,6 +186,7 @@ def init_with_state(
         kwargs=kwargs,
         method=method,
         partial=partial,
+        sharding=sharding,
         with_state=True,
         entry="lazymod.init_with_state",
     )
@@ -277,8 +279,12 @@ def shapes_of(
     leaves = jax.tree.leaves((module, args, kwargs))
     if at_top_level() and not any(eqx.is_array(leaf) for leaf in leaves):
         # Nothing to keep from being computed: trace directly (the trace is kept for
-        # later inits, see _cache.py), with a key whose values nothing reads.
-        return run(module, _shapes_key(), args, kwargs)
+        # later inits, see _cache.py), with a key whose values nothing reads; code that
+        # needs a value's value is run under jax.eval_shape below.
+        try:
+            return run(module, _shapes_key(), args, kwargs)
+        except NEEDS_VALUES:
+            pass
     # The forward pass's own keyword arguments (a `key=` among them) travel as one dict.
     return eqx.filter_eval_shape(run, module, abstract_key(), args, kwargs)
 
@@ -324,6 +330,8 @@ def initialize(
                 traced = trace(module, keys, staged=True, **options)
                 keep(kept, traced)
         except NEEDS_VALUES:
+            if abstract and at_top_level():
+                raise  # shapes_of runs it again under jax.eval_shape: nothing computed
             # The code branches on values (data-dependent init with real arrays): run
             # it op by op, so concrete inputs give concrete values.
             traced = trace(module, keys, staged=False, **options)
@@ -331,7 +339,7 @@ def initialize(
         note_likely_causes(error, args, with_state, entry, module)
         raise
     paths = traced.skeleton.array_paths
-    targets = [] if abstract else targets_for(module, traced.out_shapes, paths, sharding)
+    targets = [] if abstract else targets_for(module, traced.out_shapes, paths, sharding, partial)
     values = compute(module, traced, abstract=abstract, targets=targets, keys=keys)
     if not abstract:
         values = place(module, values, paths, targets)

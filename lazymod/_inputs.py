@@ -130,7 +130,9 @@ def note_likely_causes(
         integers = [
             f"args{jtu.keystr(path)} has dtype {np.dtype(leaf.dtype).name}"
             for path, leaf in jtu.tree_leaves_with_path(args)
-            if hasattr(leaf, "dtype") and not np.issubdtype(leaf.dtype, np.inexact)
+            if hasattr(leaf, "dtype")
+            and not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended)  # keys
+            and not np.issubdtype(leaf.dtype, np.inexact)
         ]
         if integers:
             error.add_note(

@@ -22,14 +22,17 @@ def targets_for(
     shapes: Sequence[jax.ShapeDtypeStruct],
     paths: Sequence[KeyPath],
     sharding: Sharding,
+    partial: bool = False,
 ) -> list[jax.sharding.Sharding | None]:
     """The sharding of every array (`shapes`, at `paths` in the tree init returns), as
     `sharding=` says, before any is computed: the evaluator computes each array's
-    shards where they go."""
+    shards where they go. With `partial`, an annotation may name an array not made
+    yet."""
     if sharding is None:
         return [None] * len(shapes)
     if isinstance(sharding, jax.sharding.Mesh | AxisRules):
-        _check_annotations(module, paths)
+        if not partial:
+            _check_annotations(module, paths)
         if isinstance(sharding, AxisRules):
             sharding = annotation_rule(module, sharding.mesh, dict(sharding.rules))
         else:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._chunks import chunk_size, plan_of, Symbolic
+from ._context import at_top_level
 from ._programs import block_program
 
 
@@ -32,22 +33,28 @@ def compute_sharded(root: Symbolic, sharding: jax.sharding.Sharding) -> jax.Arra
     plan = plan_of(root)
     shape = tuple(root.shape)
     concrete = all(not isinstance(x, jax.core.Tracer) for x in (*plan.keys, *plan.scalars))
-    if not (root.per_element and not plan.arrays and shape and concrete):
-        return None
+    if not (root.per_element and not plan.arrays and shape and concrete and at_top_level()):
+        return None  # inside jit (a fill has no key to tell): a sharding constraint
     if plan.size >= _MAX_ELEMENTS or plan.size == 0:
         return None
     strides = np.cumprod((1, *shape[:0:-1]), dtype=np.int64)[::-1].astype(np.uint32)
+    try:
+        indices = sharding.addressable_devices_indices_map(shape)
+    except ValueError:  # the sharding does not fit the shape: placing it says so
+        return None
     devices_of: dict[tuple[tuple[int, int], ...], list[Any]] = {}
-    for device, index in sharding.addressable_devices_indices_map(shape).items():
+    for device, index in indices.items():
         bounds = tuple(_bounds(s, n) for s, n in zip(index, shape))
         devices_of.setdefault(bounds, []).append(device)
     placed: dict[Any, jax.Array] = {}
     for bounds, devices in devices_of.items():  # one block at a time: memory stays low
         block = _block(plan, bounds, strides)
         for device in devices:
-            placed[device] = jax.device_put(block, device)  # no copy on its own device
+            # No copy on its own device; the sharding's memory kind (host memory...).
+            where = jax.sharding.SingleDeviceSharding(device, memory_kind=sharding.memory_kind)
+            placed[device] = jax.device_put(block, where)
         del block
-    arrays = [placed[device] for device in sharding.addressable_devices_indices_map(shape)]
+    arrays = [placed[device] for device in indices]
     return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
 
 

@@ -101,17 +101,10 @@ def evaluate_constants(
     inputs = [None] * len(closed.jaxpr.invars) if inputs is None else inputs
     jaxpr = closed.jaxpr
     outvars = [v for v, k in zip(jaxpr.outvars, keep) if k]
-    needed = {v for v in outvars if isinstance(v, jex_core.Var)}
-    eqns = []
-    for eqn in reversed(jaxpr.eqns):
-        if any(v in needed for v in eqn.outvars):
-            eqns.append(eqn)
-            needed.update(v for v in eqn.invars if isinstance(v, jex_core.Var))
-    eqns.reverse()
-    if not eqns:  # every value is already a constant (or a root key)
+    pruned = _pruned(closed, outvars)
+    if not pruned.jaxpr.eqns:  # every value is already a constant (or a root key)
         env = dict(zip(jaxpr.constvars, closed.consts)) | dict(zip(jaxpr.invars, inputs))
         return [v.val if isinstance(v, jex_core.Literal) else env[v] for v in outvars]
-    pruned = jex_core.ClosedJaxpr(jaxpr.replace(eqns=eqns, outvars=outvars), closed.consts)
     if chosen_evaluator() == "fast" and not pruned.jaxpr.effects:
         if targets and any(t is not None for t in targets) and fast_evaluator is not None:
             return _evaluate_sharded(pruned, outvars, targets, inputs)
@@ -119,6 +112,18 @@ def evaluate_constants(
         if values is not None:
             return values
     return jax.core.eval_jaxpr(pruned.jaxpr, pruned.consts, *inputs)
+
+
+def _pruned(closed: jex_core.ClosedJaxpr, outvars: list[Any]) -> jex_core.ClosedJaxpr:
+    """`closed` computing only `outvars`, with only the equations they need."""
+    needed = {v for v in outvars if isinstance(v, jex_core.Var)}
+    eqns = []
+    for eqn in reversed(closed.jaxpr.eqns):
+        if any(v in needed for v in eqn.outvars):
+            eqns.append(eqn)
+            needed.update(v for v in eqn.invars if isinstance(v, jex_core.Var))
+    eqns.reverse()
+    return jex_core.ClosedJaxpr(closed.jaxpr.replace(eqns=eqns, outvars=outvars), closed.consts)
 
 
 def chosen_evaluator() -> str:
@@ -151,14 +156,12 @@ def _evaluate_sharded(
         shardings = [targets[i] for i in jitted]
         for i, value in zip(jitted, jax.jit(run, out_shardings=shardings)(*inputs)):
             values[i] = value
-    if rest:
-        sub = pruned.jaxpr.replace(outvars=[outvars[i] for i in rest])
+    if rest:  # without the equations only the jitted values need (a QR...)
+        sub = _pruned(pruned, [outvars[i] for i in rest])
         rest_targets = [targets[i] for i in rest]
-        computed = _evaluate_fast(
-            jex_core.ClosedJaxpr(sub, pruned.consts), sub.outvars, rest_targets, inputs
-        )
+        computed = _evaluate_fast(sub, sub.jaxpr.outvars, rest_targets, inputs)
         if computed is None:
-            computed = jax.core.eval_jaxpr(sub, pruned.consts, *inputs)
+            computed = jax.core.eval_jaxpr(sub.jaxpr, sub.consts, *inputs)
         for i, value in zip(rest, computed):
             values[i] = value
     return values

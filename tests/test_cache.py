@@ -97,3 +97,40 @@ def test_clear_caches_traces_again():
     lm.clear_caches()
     lm.init(Counted(), 0, spec(4))
     assert RUNS == ["call", "call"]
+
+
+def test_later_inits_share_no_mutable_or_constant_object():
+    import numpy as np
+
+    class Masked(lm.Module):
+        mask: object = lm.lazy()
+        table: object = lm.lazy()
+
+        def __call__(self, x):
+            if self.initializing():
+                self.mask = np.tril(np.ones((3, 3), np.float32))  # a NumPy array
+                with jax.ensure_compile_time_eval():
+                    self.table = jnp.sin(jnp.arange(6.0))  # computed while tracing
+            return x
+
+    a = lm.init(Masked(), 0, spec(3))
+    a.mask[:] = 0
+    b = lm.init(Masked(), 1, spec(3))
+    assert b.mask is not a.mask and b.mask.sum() == 6
+    assert b.table is not a.table
+
+
+def test_equal_values_of_other_types_or_signs_are_not_the_same_structure():
+    class Fill(lm.Module):
+        value: float = eqx.field(static=True)
+        w: jax.Array = lm.lazy()
+
+        def __call__(self, x):
+            if self.initializing():
+                self.w = jnp.full(x.shape, self.value)
+            return x
+
+    assert lm.init(Fill(1), 0, spec(2)).w.dtype == jnp.int32
+    assert lm.init(Fill(1.0), 0, spec(2)).w.dtype == jnp.float32
+    assert not jnp.signbit(lm.init(Fill(0.0), 0, spec(2)).w).any()
+    assert jnp.signbit(lm.init(Fill(-0.0), 0, spec(2)).w).all()

@@ -99,6 +99,62 @@ built = lm.init(logical, 0, vector, sharding=rules)
 assert built.weight.sharding.spec == P("model", "data") and built.bias.sharding.spec == P("model")
 assert same(built, lm.init(logical, 0, vector))
 print("logical: equal")
+
+# Review findings: a fill under filter_jit, a host memory kind, an uneven split, a
+# partial init with annotations for a branch not taken, and init_with_state.
+class Zeros(lm.Module):
+    w: jax.Array
+
+    def __init__(self):
+        self.w = lm.Initializer(lambda key: jnp.zeros((1024, 512)), partition=("model", None))
+
+
+zeros = eqx.filter_jit(lm.init)(Zeros(), jax.random.key(0), sharding=mesh)
+assert zeros.w.shape == (1024, 512) and not zeros.w.any()  # (XLA may replicate a constant)
+host = NamedSharding(mesh, P("model"), memory_kind="pinned_host")
+drawn = {"w": lm.Initializer(lambda k: jax.random.normal(k, (1024, 512)))}
+drawn = lm.init(drawn, 0, sharding=host)
+assert drawn["w"].sharding.memory_kind == "pinned_host"
+uneven = {"w": lm.Initializer(lambda k: jax.random.normal(k, (1001, 512)))}
+try:
+    lm.init(uneven, 0, sharding=NamedSharding(mesh, P("model", None)))
+except lm.InitValueError as error:
+    assert "dict['w']: the sharding" in str(error)
+else:
+    raise AssertionError("an uneven split was accepted")
+
+
+class Either(lm.Module):
+    a: lm.nn.Linear
+    b: lm.nn.Linear
+
+    def __init__(self):
+        self.a = lm.nn.Linear(16).partitioned(weight=("model", None))
+        self.b = lm.nn.Linear(16).partitioned(weight=("model", None))
+
+    def __call__(self, x, use_b=False):
+        return self.b(x) if use_b else self.a(x)
+
+
+half = lm.init(Either(), 0, vector, partial=True, sharding=mesh)
+assert half.a.weight.sharding.spec == P("model", None)
+
+
+class Normed(lm.Module):
+    linear: lm.nn.Linear
+    norm: lm.nn.BatchNorm
+
+    def __init__(self):
+        self.linear = lm.nn.Linear(64).partitioned(weight=("model", None))
+        self.norm = lm.nn.BatchNorm("batch", mode="batch")
+
+    def __call__(self, x, state):
+        return self.norm(self.linear(x), state)
+
+
+normed, state = lm.init_with_state(Normed(), 0, vector, sharding=mesh)
+assert normed.linear.weight.sharding.spec == P("model", None)
+print("review: fixed")
 """
 
 
@@ -116,3 +172,4 @@ def test_every_sharding_gives_the_unsharded_values_and_stages_no_weight():
     for name in ("rows", "columns", "grid", "replicated"):
         assert f"{name}: equal" in result.stdout, result.stdout
     assert "jit: equal" in result.stdout and "logical: equal" in result.stdout
+    assert "review: fixed" in result.stdout
