@@ -66,7 +66,7 @@ class Skeleton:
         return result, jtu.tree_unflatten(self.inter_treedef, inter_leaves)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # one object per trace: kept traces are looked up by it
 class Traced:
     """What `trace` returns: the jaxpr whose outputs are every array of the result,
     their shapes, and where each goes."""

@@ -13,6 +13,7 @@ The environment variable `LAZYMOD_EVALUATOR` (`fast` or `jax`) chooses.
 import functools
 import os
 import warnings
+import weakref
 from typing import Any
 
 import jax
@@ -54,7 +55,7 @@ def compute(
     computes such an array in its shards where it can, else leaves it in host memory
     for the caller to place. Other computed arrays go to the default device."""
     jaxpr = traced.jaxpr.jaxpr
-    depends = depends_on_inputs(jaxpr, len(jaxpr.invars) - len(traced.streams))
+    depends, pruned = _analysis(traced)
     leaked = [i for i in range(traced.skeleton.num_params) if depends[i]]
     if leaked:
         _raise_data_dependent(module, traced, leaked)
@@ -71,11 +72,27 @@ def compute(
     bound = [*targets, *[None] * (len(keep) - len(targets))]
     kept_targets = [t for t, k in zip(bound, keep) if k]
     inputs = traced.inputs(keys)
-    computed = iter(evaluate_constants(traced.jaxpr, keep, targets=kept_targets, inputs=inputs))
+    computed = iter(evaluate_constants(pruned, targets=kept_targets, inputs=inputs))
     return [
         _as_array(next(computed), var.aval) if k else jax.ShapeDtypeStruct(shape.shape, shape.dtype)
         for k, shape, var in zip(keep, traced.out_shapes, jaxpr.outvars)
     ]
+
+
+# Per trace: which outputs depend on a spec, and the jaxpr pruned to the others. The
+# same for every init a kept trace serves, so found once per trace.
+_analyses: weakref.WeakKeyDictionary[Traced, tuple[list[bool], jex_core.ClosedJaxpr]]
+_analyses = weakref.WeakKeyDictionary()
+
+
+def _analysis(traced: Traced) -> tuple[list[bool], jex_core.ClosedJaxpr]:
+    found = _analyses.get(traced)
+    if found is None:
+        jaxpr = traced.jaxpr.jaxpr
+        depends = depends_on_inputs(jaxpr, len(jaxpr.invars) - len(traced.streams))
+        kept = [v for v, d in zip(jaxpr.outvars, depends) if not d]
+        found = _analyses[traced] = (depends, _pruned(traced.jaxpr, kept))
+    return found
 
 
 def depends_on_inputs(jaxpr: jex_core.Jaxpr, specs: int | None = None) -> list[bool]:
@@ -89,21 +106,19 @@ def depends_on_inputs(jaxpr: jex_core.Jaxpr, specs: int | None = None) -> list[b
 
 
 def evaluate_constants(
-    closed: jex_core.ClosedJaxpr,
-    keep: list[bool],
+    pruned: jex_core.ClosedJaxpr,
     *,
     targets: list[jax.sharding.Sharding | None] | None = None,
     inputs: list[Any] | None = None,
 ) -> list[Any]:
-    """The outputs of `closed` marked in `keep` (none may depend on its specs: their
-    `inputs` are `None`, the root keys' are keys), running only the equations they
-    need, with the evaluator `LAZYMOD_EVALUATOR` names."""
-    inputs = [None] * len(closed.jaxpr.invars) if inputs is None else inputs
-    jaxpr = closed.jaxpr
-    outvars = [v for v, k in zip(jaxpr.outvars, keep) if k]
-    pruned = _pruned(closed, outvars)
-    if not pruned.jaxpr.eqns:  # every value is already a constant (or a root key)
-        env = dict(zip(jaxpr.constvars, closed.consts)) | dict(zip(jaxpr.invars, inputs))
+    """The outputs of `pruned`, a jaxpr with only the equations they need (none may
+    depend on its specs: their `inputs` are `None`, the root keys' are keys), with the
+    evaluator `LAZYMOD_EVALUATOR` names."""
+    jaxpr = pruned.jaxpr
+    inputs = [None] * len(jaxpr.invars) if inputs is None else inputs
+    outvars = list(jaxpr.outvars)
+    if not jaxpr.eqns:  # every value is already a constant (or a root key)
+        env = dict(zip(jaxpr.constvars, pruned.consts)) | dict(zip(jaxpr.invars, inputs))
         return [v.val if isinstance(v, jex_core.Literal) else env[v] for v in outvars]
     if chosen_evaluator() == "fast" and not pruned.jaxpr.effects:
         if targets and any(t is not None for t in targets) and fast_evaluator is not None:
