@@ -134,7 +134,7 @@ def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
     if name in ("slice", "squeeze") and _small_on_host(ins[0]):
         # The words a key is folded with (derive_key): indexing a few numbers, which
         # JAX would dispatch as an op each.
-        return [_host_shape_op(name, eqn.params, np.asarray(ins[0]))]
+        return [_host_keys.slice_or_squeeze(name, eqn.params, np.asarray(ins[0]))]
     if name == "broadcast_in_dim" and _is_scalar(ins[0]):
         if size_of(shape) == 1:
             return [_reshaped(ins[0], shape)]
@@ -163,17 +163,6 @@ def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
 
 def _small_on_host(x: Any) -> bool:
     return isinstance(x, np.ndarray | np.generic) and np.size(x) <= 64 and _plain_dtype(x)
-
-
-def _host_shape_op(name: str, params: dict[str, Any], x: np.ndarray) -> np.ndarray:
-    if name == "squeeze":
-        return np.squeeze(x, axis=tuple(params["dimensions"]))
-    strides = params["strides"] or (1,) * x.ndim
-    index = tuple(
-        slice(start, stop, step)
-        for start, stop, step in zip(params["start_indices"], params["limit_indices"], strides)
-    )
-    return x[index]
 
 
 def _is_scalar(x: Any) -> bool:

@@ -94,6 +94,16 @@ def from_array(x: Any) -> HostKeys | None:
     return None
 
 
+def slice_or_squeeze(name: str, params: dict[str, Any], data: np.ndarray) -> np.ndarray:
+    """JAX's `slice` or `squeeze` of leading axes of `data` (for keys, the key words
+    are one more axis, last), in NumPy."""
+    if name == "squeeze":
+        return np.squeeze(data, axis=tuple(params["dimensions"]))
+    starts, stops = params["start_indices"], params["limit_indices"]
+    strides = params["strides"] or (1,) * len(starts)
+    return data[tuple(slice(*bounds) for bounds in zip(starts, stops, strides))]
+
+
 def apply(name: str, params: dict[str, Any], ins: list[Any]) -> Any:
     """The output of the key primitive `name` on `ins`, whose first is `HostKeys`, or
     `None` if it is not one computed here."""
@@ -114,15 +124,8 @@ def apply(name: str, params: dict[str, Any], ins: list[Any]) -> Any:
         return HostKeys(np.concatenate([bits1, bits2]), keys.dtype)
     if name == "random_unwrap":
         return data
-    if name == "slice":
-        strides = params["strides"] or (1,) * len(keys.shape)
-        index = tuple(
-            slice(start, stop, step)
-            for start, stop, step in zip(params["start_indices"], params["limit_indices"], strides)
-        )
-        return HostKeys(data[index], keys.dtype)
-    if name == "squeeze":
-        return HostKeys(np.squeeze(data, axis=tuple(params["dimensions"])), keys.dtype)
+    if name in ("slice", "squeeze"):
+        return HostKeys(slice_or_squeeze(name, params, data), keys.dtype)
     if name == "reshape" and params.get("dimensions") is None:
         return HostKeys(data.reshape(*params["new_sizes"], 2), keys.dtype)
     if name in ("copy", "copy_p"):
