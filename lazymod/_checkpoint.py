@@ -16,6 +16,7 @@ import jax.tree_util as jtu
 from ._errors import init_error_like, InitError
 from ._init import init_shapes
 from ._paths import display_path, KeyPath, path_str
+from ._restore import describe_leaf, weak_as_made
 from ._sentinels import is_initialized
 from ._sharding import Sharding
 
@@ -202,7 +203,7 @@ def restore_sharded(
             ) from error
     leaves, treedef = jtu.tree_flatten_with_path(skeleton)
     values = [
-        _weak_as_made(restored[_key(skeleton, path, with_state)[0]], leaf)
+        weak_as_made(restored[_key(skeleton, path, with_state)[0]], leaf)
         if isinstance(leaf, jax.ShapeDtypeStruct)
         else leaf  # static, a Python number or a flag: as the lazy model has it
         for path, leaf in leaves
@@ -286,13 +287,15 @@ def _check(
     for key, (where, like) in expected.items():
         if key not in stored:
             mismatches.append(
-                f"{where}: expected {_describe(like)}; the checkpoint has no array {key!r}"
+                f"{where}: expected {describe_leaf(like)}; the checkpoint has no array {key!r}"
             )
             continue
         raw = jax.eval_shape(jax.random.key_data, like) if _is_key(like) else like
         meta = stored[key]
         if tuple(meta.shape) != tuple(raw.shape) or jnp.dtype(meta.dtype) != raw.dtype:
-            mismatches.append(f"{where}: expected {_describe(like)}, found {_describe(meta)}")
+            mismatches.append(
+                f"{where}: expected {describe_leaf(like)}, found {describe_leaf(meta)}"
+            )
     extra = sorted(set(stored) - set(expected))
     if extra:
         names = ", ".join(repr(key) for key in extra[:_LISTED])
@@ -338,24 +341,8 @@ def _target(
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
-def _weak_as_made(found: jax.Array, like: jax.ShapeDtypeStruct) -> jax.Array:
-    """A weakly typed scalar (PReLU's default slope, a state's counter) as init makes
-    it: weakly typed again (the checkpoint keeps only its dtype), in its sharding."""
-    if not getattr(like, "weak_type", False) or like.shape != () or found.weak_type:
-        return found
-    if not found.is_fully_addressable:  # across processes, init makes it strong too
-        return found
-    weak = jnp.asarray(found.item())  # a Python scalar: weakly typed
-    return jax.device_put(weak, found.sharding) if weak.dtype == found.dtype else found
-
-
 def _is_key(leaf: Any) -> bool:
     return jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
-
-
-def _describe(leaf: Any) -> str:
-    dtype = leaf.dtype if _is_key(leaf) else jnp.dtype(leaf.dtype).name
-    return f"{dtype}{list(leaf.shape)}"
 
 
 def _first_line(error: BaseException) -> str:

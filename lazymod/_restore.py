@@ -123,20 +123,20 @@ def restore(
                     damaged = True
                 elif not read_any:
                     mismatches.append(
-                        f"{where}: expected {_describe(like)}; the checkpoint is empty (it "
+                        f"{where}: expected {describe_leaf(like)}; the checkpoint is empty (it "
                         f"holds none of the model's {missing} values: an interrupted save?)"
                     )
                     damaged = True
                 else:
                     mismatches.append(
-                        f"{where}: expected {_describe(like)}; the checkpoint ends before "
+                        f"{where}: expected {describe_leaf(like)}; the checkpoint ends before "
                         f"it ({missing} value{'s' if missing > 1 else ''} missing)"
                     )
                 break
             except Exception as error:  # a damaged or foreign file: NumPy cannot read on
                 first_line = str(error).splitlines()[0] if str(error) else ""
                 mismatches.append(
-                    f"{where}: expected {_describe(like)}; what the file holds there is not "
+                    f"{where}: expected {describe_leaf(like)}; what the file holds there is not "
                     "an array written by eqx.tree_serialise_leaves (the file is damaged, "
                     f"or of another format): {type(error).__name__}: {first_line}"
                 )
@@ -144,9 +144,11 @@ def restore(
                 break
             read_any = True
             if is_array and (found.shape != like.shape or found.dtype != like.dtype):
-                mismatches.append(f"{where}: expected {_describe(like)}, found {_describe(found)}")
+                mismatches.append(
+                    f"{where}: expected {describe_leaf(like)}, found {describe_leaf(found)}"
+                )
             elif is_array:
-                found = _weak_as_made(found, like)
+                found = weak_as_made(found, like)
             values.append(found)
         left_over = not damaged and (not mismatches or "ends before" not in mismatches[-1])
         left_over = left_over and file.read(1) != b""
@@ -183,20 +185,24 @@ def _where(skeleton: Any, path: Any, with_state: bool) -> str:
     return "the state"
 
 
-def _weak_as_made(found: jax.Array, like: jax.ShapeDtypeStruct) -> jax.Array:
-    """A weakly typed scalar (`jnp.array(1.0)`, PReLU's default slope) as init makes
-    it: weakly typed again, so that it promotes in the forward pass as it did (the file
-    keeps only its dtype)."""
-    if not getattr(like, "weak_type", False) or like.shape != ():
+def weak_as_made(found: jax.Array, like: jax.ShapeDtypeStruct) -> jax.Array:
+    """A weakly typed scalar (`jnp.array(1.0)`, PReLU's default slope, a state's
+    counter) as init makes it: weakly typed again, in its sharding, so that it
+    promotes in the forward pass as it did (a checkpoint keeps only its dtype)."""
+    if not getattr(like, "weak_type", False) or like.shape != () or found.weak_type:
+        return found
+    if not found.is_fully_addressable:  # across processes, init makes it strong too
         return found
     weak = jnp.asarray(found.item())  # a Python scalar: weakly typed
-    return weak if weak.dtype == found.dtype else found
+    return jax.device_put(weak, found.sharding) if weak.dtype == found.dtype else found
 
 
-def _describe(leaf: Any) -> str:
+def describe_leaf(leaf: Any) -> str:
+    """`float32[2, 5]`, `key<fry>[]` or `a Python int`, for a mismatch message."""
     if not hasattr(leaf, "dtype"):
         return f"a Python {type(leaf).__name__}"
-    return f"{jnp.dtype(leaf.dtype).name}{list(leaf.shape)}"
+    key = jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    return f"{leaf.dtype if key else jnp.dtype(leaf.dtype).name}{list(leaf.shape)}"
 
 
 @contextlib.contextmanager
