@@ -59,11 +59,12 @@ class AxisRules:
 
 
 def annotation_rule(
-    module: Any, mesh: jax.sharding.Mesh, rules: Mapping[str, Axis] | None = None
+    partitions: dict[str, tuple[str, Partition]],
+    mesh: jax.sharding.Mesh,
+    rules: Mapping[str, Axis] | None = None,
 ) -> Callable[[str, jax.ShapeDtypeStruct], jax.sharding.Sharding]:
     """The rule of `sharding=mesh` (`rules=None`: partitions name mesh axes) and of
-    `sharding=AxisRules(mesh, rules)` for `module`."""
-    partitions = partitions_of(module)
+    `sharding=AxisRules(mesh, rules)`, for a module's `partitions_of`."""
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
     def rule(path: str, leaf: jax.ShapeDtypeStruct) -> jax.sharding.Sharding:

@@ -31,12 +31,13 @@ def targets_for(
     if sharding is None:
         return [None] * len(shapes)
     if isinstance(sharding, jax.sharding.Mesh | AxisRules):
+        partitions = partitions_of(module)
         if not partial:
-            _check_annotations(module, paths)
+            _check_annotations(partitions, paths)
         if isinstance(sharding, AxisRules):
-            sharding = annotation_rule(module, sharding.mesh, dict(sharding.rules))
+            sharding = annotation_rule(partitions, sharding.mesh, dict(sharding.rules))
         else:
-            sharding = annotation_rule(module, sharding)
+            sharding = annotation_rule(partitions, sharding)
     elif not (isinstance(sharding, jax.sharding.Sharding) or _is_rule(sharding)):
         raise TypeError(
             "lazymod.init: `sharding` must be a jax.sharding.Mesh, a lazymod.AxisRules, a "
@@ -97,11 +98,12 @@ def _placed_as(value: Any, target: jax.sharding.Sharding) -> bool:
     )
 
 
-def _check_annotations(module: Any, paths: Sequence[KeyPath]) -> None:
-    """Refuse a partition annotation that names no array init makes (a misspelt
-    field of a lazy layer would otherwise leave its array replicated)."""
+def _check_annotations(partitions: dict[str, Any], paths: Sequence[KeyPath]) -> None:
+    """Refuse a partition annotation (of `partitions_of`) that names no array init
+    makes (a misspelt field of a lazy layer would otherwise leave its array
+    replicated)."""
     made = {path_str(path) for path in paths}
-    for path, (where, _) in partitions_of(module).items():
+    for path, (where, _) in partitions.items():
         if path not in made:
             raise InitValueError(
                 f"{where}: a partition is given for it, but init makes no array there; "
