@@ -19,6 +19,7 @@ it, as with `jax.jit`."""
 import collections
 import dataclasses
 import threading
+import weakref
 from collections.abc import Hashable
 from typing import Any
 
@@ -108,6 +109,20 @@ def keep(key: Hashable | None, traced: Any) -> None:
         _traces[key] = traced
         while len(_traces) > _CAPACITY:
             _traces.popitem(last=False)
+
+
+# Traces whose result was checked complete (no placeholder or Initializer left): the
+# same for every init they serve, so checked once.
+_complete: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def known_complete(traced: Any) -> bool:
+    """Whether an init of `traced` was found to leave nothing uninitialized."""
+    return traced in _complete
+
+
+def mark_complete(traced: Any) -> None:
+    _complete.add(traced)
 
 
 class _NotKept(Exception):

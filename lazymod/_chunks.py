@@ -54,12 +54,13 @@ class Symbolic:
     dtype: Any
     kind: str
     per_element: bool
-    key: Any = None  # "bits": the raw key data, uint32[2]
+    key: Any = None  # "bits": the raw key data, uint32[2] (or its row in a KeyTable)
     width: int = 32  # "bits": the bit width
     primitive: Any = None  # "op"
     params: tuple[tuple[str, Any], ...] = ()  # "op"
     inputs: tuple[Any, ...] = ()  # "op", "fill": Symbolic or concrete size-1 values
     value: Any = None  # set once computed
+    keyed: bool = False  # whether it depends on a key ("bits" somewhere below)
 
 
 def size_of(shape: Sequence[int]) -> int:
@@ -143,43 +144,52 @@ def compute(root: Symbolic) -> Any:
 
 
 def compute_all(roots: Sequence[Symbolic], on_device: bool) -> None:
-    """Compute every value in `roots` (setting its `value`). Programs are dispatched
-    up to `_IN_FLIGHT_BYTES` ahead of the value being awaited, so they overlap while
-    memory stays bounded; small values of the same structure share program calls."""
-    plans, seen = [], set()
+    """Compute every value in `roots` (setting its `value`), as `compute_plans`."""
+    unique: dict[int, Symbolic] = {}
     for root in roots:
-        if root.value is None and id(root) not in seen:
-            seen.add(id(root))
-            plans.append(plan_of(root))
-    launchers: list[tuple[list[Symbolic], Callable[[], Any], int]] = []
-    groups: dict[tuple[Any, ...], list[Plan]] = {}
-    for plan in plans:
+        if root.value is None:
+            unique.setdefault(id(root), root)
+    todo = list(unique.values())
+    for root, value in zip(todo, compute_plans([plan_of(r) for r in todo], on_device)):
+        root.value = value
+
+
+def compute_plans(plans: Sequence[Plan], on_device: bool) -> list[Any]:
+    """The value of every plan (its root is left as it is). Programs are dispatched
+    up to `_IN_FLIGHT_BYTES` ahead of the value being awaited, so they overlap while
+    memory stays bounded; small values of the same structure share program calls.
+    With `on_device`, values computed by a program go to the default device as soon
+    as they are ready (a constant stays a NumPy array, placed by the caller)."""
+    values: list[Any] = [None] * len(plans)
+    launchers: list[tuple[list[int], Callable[[], Any], int]] = []
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, plan in enumerate(plans):
         if plan.is_constant:
             # `jnp.zeros(shape)`, `jnp.ones(shape)`: no program to compile for a copy.
-            plan.root.value = np.full(plan.root.shape, plan.scalars[0], plan.root.dtype)
+            values[i] = np.full(plan.root.shape, plan.scalars[0], plan.root.dtype)
         elif plan.packable:
-            groups.setdefault(plan.structure, []).append(plan)
+            groups.setdefault(plan.structure, []).append(i)
         else:
             launch = functools.partial(_launch_one, plan)
-            launchers.append(([plan.root], launch, plan.size * plan.root.dtype.itemsize))
+            launchers.append(([i], launch, plan.size * plan.root.dtype.itemsize))
     for group in groups.values():
-        for batch in _batches(group):
-            launch = functools.partial(_launch_packed, batch)
-            size = sum(plan.size for plan in batch) * batch[0].root.dtype.itemsize
-            launchers.append(([plan.root for plan in batch], launch, size))
-    in_flight: collections.deque[tuple[list[Symbolic], Callable[[], list[Any]], int]]
+        for batch in _batches([plans[i] for i in group], group):
+            launch = functools.partial(_launch_packed, [plans[i] for i in batch])
+            size = sum(plans[i].size for i in batch) * plans[batch[0]].root.dtype.itemsize
+            launchers.append((batch, launch, size))
+    in_flight: collections.deque[tuple[list[int], Callable[[], list[Any]], int]]
     in_flight = collections.deque()
     pending_bytes = 0
 
     def finish_oldest() -> int:
         done, finish, size = in_flight.popleft()
-        values = finish()
+        finished = finish()
         if on_device:  # one transfer for a packed call's values
-            host = [i for i, value in enumerate(values) if isinstance(value, np.ndarray)]
-            for i, value in zip(host, jax.device_put([values[i] for i in host])):
-                values[i] = value
-        for root, value in zip(done, values):
-            root.value = value
+            host = [i for i, value in enumerate(finished) if isinstance(value, np.ndarray)]
+            for i, value in zip(host, jax.device_put([finished[i] for i in host])):
+                finished[i] = value
+        for i, value in zip(done, finished):
+            values[i] = value
         return size
 
     for done, launch, size in launchers:
@@ -189,17 +199,18 @@ def compute_all(roots: Sequence[Symbolic], on_device: bool) -> None:
             pending_bytes -= finish_oldest()
     while in_flight:
         finish_oldest()
+    return values
 
 
-def _batches(plans: list[Plan]) -> list[list[Plan]]:
-    """Consecutive runs of `plans` that fit one packed call."""
-    batches: list[list[Plan]] = [[]]
+def _batches(plans: list[Plan], indices: list[int]) -> list[list[int]]:
+    """Consecutive runs of `plans` (their `indices`) that fit one packed call."""
+    batches: list[list[int]] = [[]]
     filled = 0
-    for plan in plans:
+    for plan, index in zip(plans, indices):
         if filled + plan.size > PACK_CHUNK:
             batches.append([])
             filled = 0
-        batches[-1].append(plan)
+        batches[-1].append(index)
         filled += plan.size
     return [batch for batch in batches if batch]
 

@@ -20,8 +20,10 @@ import numpy as np
 from jax.extend import core as jex_core
 
 from . import _host_keys
-from ._chunks import compute, compute_all, PACK_LIMIT, size_of, Symbolic, to_host
+from ._chunks import compute, compute_all, PACK_LIMIT, plan_of, size_of, Symbolic, to_host
 from ._host_keys import HostKeys
+from ._key_table import KeySlots, KeyTable
+from ._replay import Template
 from ._shards import compute_sharded
 
 
@@ -90,7 +92,52 @@ def evaluate(
     return [_concrete(out) for out in outs]
 
 
-def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> list[Any]:
+def record(
+    closed: jex_core.ClosedJaxpr, outvars: Sequence[Any], inputs: Sequence[Any]
+) -> Template | None:
+    """The evaluation of `outvars` for any root keys (the inputs that are not `None`,
+    concrete threefry keys), or `None` if a key's bits reach an operation not recorded
+    (then `evaluate` walks the jaxpr each time)."""
+    roots = tuple(i for i, x in enumerate(inputs) if x is not None)
+    if not _host_keys.enabled() or not all(_host_keys.from_array(inputs[i]) for i in roots):
+        return None
+    table = KeyTable(len(roots))
+    args: list[Any] = [None] * len(inputs)
+    for row, i in enumerate(roots):
+        args[i] = table.root(row, inputs[i].dtype)
+    jaxpr = closed.jaxpr.replace(outvars=list(outvars))
+    try:
+        outs = _eval(jaxpr, closed.consts, args, table)
+    except NeedsKeyBits:
+        return None
+    plans, plan_outputs, key_outputs, constants = [], [], [], []
+    for i, out in enumerate(outs):
+        if isinstance(out, Symbolic) and out.value is None:
+            plans.append(plan_of(out))
+            plan_outputs.append(i)
+        elif isinstance(out, KeySlots):
+            key_outputs.append((i, out))
+        else:
+            constants.append((i, _concrete(out)))
+    return Template(
+        table,
+        roots,
+        tuple(plans),
+        tuple(plan_outputs),
+        tuple(key_outputs),
+        tuple(constants),
+        len(outs),
+    )
+
+
+def _eval(
+    jaxpr: jex_core.Jaxpr,
+    consts: Sequence[Any],
+    args: Sequence[Any],
+    table: KeyTable | None = None,
+) -> list[Any]:
+    """Evaluate `jaxpr`. With a `table` (recording a `Template`), keys are `KeySlots`
+    of it, and a value that needs a key's bits raises `NeedsKeyBits`."""
     env: dict[Any, Any] = {}
 
     def read(v: Any) -> Any:
@@ -98,35 +145,60 @@ def _eval(jaxpr: jex_core.Jaxpr, consts: Sequence[Any], args: Sequence[Any]) -> 
             return np.asarray(v.val, v.aval.dtype) if np.ndim(v.val) == 0 else v.val
         return env[v]
 
-    if _host_keys.enabled():
+    if table is not None:
+        consts = [_as_slots(c, table) for c in consts]
+    elif _host_keys.enabled():
         consts = [_host_keys.from_array(c) or c for c in consts]
         args = [_host_keys.from_array(a) or a for a in args]
     env.update(zip(jaxpr.constvars, consts))
     env.update(zip(jaxpr.invars, args))
     for eqn in jaxpr.eqns:
-        outs = _eval_eqn(eqn, [read(v) for v in eqn.invars])
+        outs = _eval_eqn(eqn, [read(v) for v in eqn.invars], table)
         for var, out in zip(eqn.outvars, outs):
             env[var] = out
     return [read(v) for v in jaxpr.outvars]
 
 
-def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
+class NeedsKeyBits(Exception):
+    """Raised while recording a `Template`: a value needs the bits of a key (a key
+    given to a JAX operation the evaluator does not record), so its computation is
+    not the same for every init."""
+
+
+def _as_slots(x: Any, table: KeyTable) -> Any:
+    """A concrete array of threefry keys as constant rows of `table`."""
+    keys = _host_keys.from_array(x)
+    return x if keys is None else table.constant(keys.data, keys.dtype)
+
+
+def _eval_eqn(eqn: Any, ins: list[Any], table: KeyTable | None = None) -> list[Any]:
     name = eqn.primitive.name
-    symbolic = any(isinstance(x, Symbolic | HostKeys) for x in ins)
+    symbolic = any(isinstance(x, Symbolic | HostKeys | KeySlots) for x in ins)
     if name in _CALLS and _worth_inlining(eqn, symbolic):
         closed = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-        return _eval(closed.jaxpr, closed.consts, ins)
+        return _eval(closed.jaxpr, closed.consts, ins, table)
+    if table is not None and ins and isinstance(ins[0], KeySlots):
+        out = _apply_to_slots(name, eqn.params, ins, table)
+        if out is not None:
+            return [out]
     if len(eqn.outvars) != 1 or eqn.primitive.multiple_results:
-        return _bind(eqn, ins)
+        return _bind(eqn, ins, table)
     aval = eqn.outvars[0].aval
     shape, dtype = tuple(aval.shape), aval.dtype
     if name == "random_bits":
         if eqn.params["bit_width"] <= 32 and _is_threefry_key(ins[0]):
             key = ins[0]
-            key = key.data if isinstance(key, HostKeys) else to_host(jax.random.key_data(key))
+            if isinstance(key, KeySlots):
+                key = int(key.slots)  # a row of the table: its bits come later
+            elif isinstance(key, HostKeys):
+                key = key.data
+            else:
+                key = to_host(jax.random.key_data(key))
+                if table is not None:  # a key the evaluation made: the same every init
+                    key = int(table.constant(key, ins[0].dtype).slots)
             width = eqn.params["bit_width"]
-            return [Symbolic(shape, dtype, "bits", True, key=key, width=width)]
-        return _bind(eqn, ins)
+            return [Symbolic(shape, dtype, "bits", True, key=key, width=width, keyed=True)]
+        return _bind(eqn, ins, table)
     if ins and isinstance(ins[0], HostKeys):
         out = _host_keys.apply(name, eqn.params, ins)
         if out is not None:
@@ -138,7 +210,8 @@ def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
     if name == "broadcast_in_dim" and _is_scalar(ins[0]):
         if size_of(shape) == 1:
             return [_reshaped(ins[0], shape)]
-        return [Symbolic(shape, dtype, "fill", True, inputs=(ins[0],))]
+        keyed = isinstance(ins[0], Symbolic) and ins[0].keyed
+        return [Symbolic(shape, dtype, "fill", True, inputs=(ins[0],), keyed=keyed)]
     if name in _RESHAPES and isinstance(ins[0], Symbolic):
         return [_reshaped(ins[0], shape)]
     if name in _ELEMENTWISE and _elementwise_inputs(eqn, ins):
@@ -146,7 +219,7 @@ def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
         try:
             hash(params)
         except TypeError:
-            return _bind(eqn, ins)
+            return _bind(eqn, ins, table)
         per_element = any(isinstance(x, Symbolic) and x.per_element for x in ins)
         node = Symbolic(
             shape,
@@ -156,9 +229,30 @@ def _eval_eqn(eqn: Any, ins: list[Any]) -> list[Any]:
             primitive=eqn.primitive,
             params=params,
             inputs=tuple(ins),
+            keyed=any(isinstance(x, Symbolic) and x.keyed for x in ins),
         )
         return [node]
-    return _bind(eqn, ins)
+    return _bind(eqn, ins, table)
+
+
+def _apply_to_slots(name: str, params: dict[str, Any], ins: list[Any], table: KeyTable) -> Any:
+    """The key primitive `name` on `KeySlots`, recorded in `table`; `None` if it is
+    not one recorded (then no other operation may see the keys)."""
+    keys = ins[0]
+    if name == "random_split" and keys.shape == ():
+        return table.split(keys, tuple(params["shape"]))
+    if name == "random_fold_in" and keys.shape == ():
+        word = ins[1]
+        if isinstance(word, np.ndarray | np.generic) and np.size(word) == 1:
+            return table.fold_in(keys, int(np.asarray(word).astype(np.uint32)))
+        return None
+    if name in ("slice", "squeeze"):
+        return KeySlots(_host_keys.slice_or_squeeze(name, params, keys.slots), keys.dtype)
+    if name == "reshape" and params.get("dimensions") is None:
+        return KeySlots(keys.slots.reshape(params["new_sizes"]), keys.dtype)
+    if name in ("copy", "copy_p"):
+        return keys
+    return None
 
 
 def _small_on_host(x: Any) -> bool:
@@ -192,7 +286,9 @@ def _reshaped(x: Any, shape: tuple[int, ...]) -> Any:
     return jnp.reshape(x, shape)
 
 
-def _bind(eqn: Any, ins: list[Any]) -> list[Any]:
+def _bind(eqn: Any, ins: list[Any], table: KeyTable | None = None) -> list[Any]:
+    if table is not None and any(_keyed(x) for x in ins):
+        raise NeedsKeyBits(eqn.primitive.name)
     ins = [_concrete(x) for x in ins]
     params = eqn.primitive.get_bind_params(eqn.params)
     with eqn.ctx.manager:
@@ -209,8 +305,12 @@ def _worth_inlining(eqn: Any, symbolic: bool) -> bool:
     return symbolic or any(np.prod(v.aval.shape, dtype=int) > 1 for v in eqn.outvars)
 
 
+def _keyed(x: Any) -> bool:
+    return isinstance(x, KeySlots) or (isinstance(x, Symbolic) and x.keyed)
+
+
 def _is_threefry_key(x: Any) -> bool:
-    if isinstance(x, HostKeys):
+    if isinstance(x, HostKeys | KeySlots):
         return x.shape == ()
     return _host_keys.is_threefry_keys(x) and x.shape == () and _host_keys.enabled()
 

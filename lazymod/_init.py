@@ -20,7 +20,7 @@ from typing import Any
 import equinox as eqx
 import jax
 
-from ._cache import keep, lookup, trace_key
+from ._cache import keep, known_complete, lookup, mark_complete, trace_key
 from ._collection import collection_paused
 from ._context import at_top_level, Capture
 from ._errors import InitError
@@ -344,7 +344,9 @@ def initialize(
     if not abstract:
         values = place(module, values, paths, targets)
     result, intermediates = traced.skeleton.unflatten(values)
-    _check_complete(result, partial, entry, ran=function is not None)
+    if not (partial or known_complete(traced)):
+        _check_complete(result, entry, ran=function is not None)
+        mark_complete(traced)
     return (split_state(result, abstract) if with_state else result), intermediates
 
 
@@ -360,9 +362,7 @@ def abstract_key() -> jax.ShapeDtypeStruct:
     return jax.eval_shape(jax.random.key, 0)
 
 
-def _check_complete(result: Any, partial: bool, entry: str, ran: bool) -> None:
-    if partial:
-        return
+def _check_complete(result: Any, entry: str, ran: bool) -> None:
     left = sentinels_with_paths(result)
     if left:
         lines = "\n".join(

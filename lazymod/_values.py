@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
+from ._context import at_top_level
 from ._errors import InitTypeError
 from ._paths import display_path
 from ._trace import Traced
@@ -72,7 +73,11 @@ def compute(
     bound = [*targets, *[None] * (len(keep) - len(targets))]
     kept_targets = [t for t, k in zip(bound, keep) if k]
     inputs = traced.inputs(keys)
-    computed = iter(evaluate_constants(pruned, targets=kept_targets, inputs=inputs))
+    template = None if any(t is not None for t in kept_targets) else _template(traced, inputs)
+    if template is not None:
+        computed = iter(template.run(inputs))
+    else:
+        computed = iter(evaluate_constants(pruned, targets=kept_targets, inputs=inputs))
     return [
         _as_array(next(computed), var.aval) if k else jax.ShapeDtypeStruct(shape.shape, shape.dtype)
         for k, shape, var in zip(keep, traced.out_shapes, jaxpr.outvars)
@@ -93,6 +98,33 @@ def _analysis(traced: Traced) -> tuple[list[bool], jex_core.ClosedJaxpr]:
         kept = [v for v, d in zip(jaxpr.outvars, depends) if not d]
         found = _analyses[traced] = (depends, _pruned(traced.jaxpr, kept))
     return found
+
+
+# Per trace: its evaluation recorded for any root keys (`_replay.py`), or `None` where
+# it cannot be (then every init walks the jaxpr).
+_templates: weakref.WeakKeyDictionary[Traced, Any] = weakref.WeakKeyDictionary()
+
+
+def _template(traced: Traced, inputs: list[Any]) -> Any:
+    """The recorded evaluation of `traced`'s values, recorded on its first init; `None`
+    when the fast evaluator does not run, or inside a transformation."""
+    if traced in _templates:
+        return _templates[traced]
+    _, pruned = _analysis(traced)
+    if (
+        fast_evaluator is None
+        or chosen_evaluator() != "fast"
+        or pruned.jaxpr.effects
+        or not pruned.jaxpr.eqns
+        or not at_top_level()
+    ):
+        return None
+    try:
+        template = fast_evaluator.record(pruned, pruned.jaxpr.outvars, inputs)
+    except fast_evaluator.UNSUPPORTED:
+        template = None  # evaluate_constants warns, and falls back
+    _templates[traced] = template
+    return template
 
 
 def depends_on_inputs(jaxpr: jex_core.Jaxpr, specs: int | None = None) -> list[bool]:

@@ -241,6 +241,7 @@ def test_the_fast_evaluator_falls_back_to_jax_with_one_warning(monkeypatch):
 
     monkeypatch.setenv(_values.EVALUATOR_VARIABLE, "fast")
     monkeypatch.setattr(_values.fast_evaluator, "evaluate", unknown)
+    monkeypatch.setattr(_values.fast_evaluator, "record", unknown)
     monkeypatch.setattr(_values, "_warned", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

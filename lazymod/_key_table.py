@@ -1,0 +1,113 @@
+"""Keys known by where they come from, not by their bits: the key program of an init.
+
+Every key an init derives is threefry of another key and a pair of counters: a
+`jax.random.split` hashes the index, a `jax.random.fold_in` the word. Recorded in a
+`KeyTable` as it is walked, the derivation is the same for every init of a kept trace;
+only the root keys differ. `KeyTable.resolve` then computes every key of the init at
+once, one vectorised NumPy threefry call per generation of keys (a root, its
+fold-ins, their splits, ...), instead of one small computation per key.
+"""
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ._host_keys import threefry2x32_many
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class KeySlots:
+    """Threefry keys as their rows in a `KeyTable`: `slots` is int64[*shape]."""
+
+    slots: np.ndarray
+    dtype: Any  # the JAX key dtype, key<fry>
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.slots.shape
+
+
+class KeyTable:
+    """How every key of an evaluation derives from the root keys. Rows `0..roots-1`
+    are the roots (their data given to `resolve`); then each row is a constant key
+    (its data known when recorded) or a derived key: threefry of its parent's row and
+    a pair of counters."""
+
+    def __init__(self, roots: int):
+        self.roots = roots
+        self._generation: list[int] = [0] * roots  # per row; 0: a root or a constant
+        self._constant_rows: list[int] = []
+        self._constants: list[np.ndarray] = []  # uint32[2] each
+        self._derived_rows: list[int] = []
+        self._parents: list[int] = []
+        self._counters: list[tuple[int, int]] = []
+        self._grouped: tuple[int, list[tuple[np.ndarray, ...]]] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self._generation)
+
+    def root(self, index: int, dtype: Any) -> KeySlots:
+        return KeySlots(np.asarray(index, np.int64), dtype)
+
+    def constant(self, data: np.ndarray, dtype: Any) -> KeySlots:
+        """Constant keys (their data, uint32[*shape, 2]) as new rows."""
+        flat = np.asarray(data, np.uint32).reshape(-1, 2)
+        slots = np.arange(self.size, self.size + len(flat), dtype=np.int64)
+        self._constant_rows.extend(slots.tolist())
+        self._constants.extend(flat)
+        self._generation.extend([0] * len(flat))
+        return KeySlots(slots.reshape(np.shape(data)[:-1]), dtype)
+
+    def derive(self, parent: int, high: np.ndarray, low: np.ndarray) -> np.ndarray:
+        """New rows: threefry of row `parent` with the counters `(high[i], low[i])`."""
+        start = self.size
+        generation = self._generation[parent] + 1
+        for pair in zip(high.tolist(), low.tolist()):
+            self._derived_rows.append(len(self._generation))
+            self._parents.append(parent)
+            self._counters.append(pair)
+            self._generation.append(generation)
+        return np.arange(start, self.size, dtype=np.int64)
+
+    def split(self, keys: KeySlots, shape: tuple[int, ...]) -> KeySlots:
+        """`jax.random.split` of one key (partitionable threefry): key `i` hashes the
+        counters `(i >> 32, i & 0xFFFFFFFF)`."""
+        index = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.uint64)
+        high = (index >> np.uint64(32)).astype(np.uint32)
+        slots = self.derive(int(keys.slots), high, index.astype(np.uint32))
+        return KeySlots(slots.reshape(shape), keys.dtype)
+
+    def fold_in(self, keys: KeySlots, word: int) -> KeySlots:
+        """`jax.random.fold_in` of one key with a uint32 word: the counters `(0, word)`."""
+        slots = self.derive(int(keys.slots), np.zeros(1, np.uint32), np.asarray([word]))
+        return KeySlots(slots.reshape(()), keys.dtype)
+
+    def resolve(self, roots: list[np.ndarray]) -> np.ndarray:
+        """The data of every row, uint32[rows, 2], for the roots' data (uint32[2] each)."""
+        data = np.empty((self.size, 2), np.uint32)
+        if self.roots:
+            data[: self.roots] = np.asarray(roots, np.uint32).reshape(self.roots, 2)
+        if self._constants:
+            data[self._constant_rows] = self._constants
+        for rows, parents, high, low in self._generations():
+            data[rows, 0], data[rows, 1] = threefry2x32_many(
+                data[parents, 0], data[parents, 1], high, low
+            )
+        return data
+
+    def _generations(self) -> list[tuple[np.ndarray, ...]]:
+        """Per generation of derived rows: the rows, their parents and counters
+        (grouped once, then again only if the table grew)."""
+        if self._grouped is None or self._grouped[0] != len(self._parents):
+            rows = np.asarray(self._derived_rows, np.int64)
+            generation = np.asarray(self._generation, np.int64)[rows]
+            parents = np.asarray(self._parents, np.int64)
+            counters = np.asarray(self._counters, np.uint32).reshape(-1, 2)
+            groups = []
+            for g in np.unique(generation):
+                these = np.flatnonzero(generation == g)
+                groups.append((rows[these], parents[these], counters[these, 0], counters[these, 1]))
+            self._grouped = (len(self._parents), groups)
+        return self._grouped[1]
