@@ -63,7 +63,7 @@ def trace_key(module: Any, keys: dict[str, Any], inputs: Any, options: tuple) ->
         input_leaves, input_tree = jtu.tree_flatten(inputs)
         parts = (
             module_tree,
-            _static_numbers(module),  # 1 == 1.0 == True and -0.0 == 0.0 to the treedef
+            static_numbers(module),  # 1 == 1.0 == True and -0.0 == 0.0 to the treedef
             tuple(_leaf_key(leaf) for leaf in module_leaves),
             input_tree,
             tuple(_leaf_key(leaf) for leaf in input_leaves),
@@ -129,9 +129,10 @@ class _NotKept(Exception):
     pass
 
 
-def _static_numbers(tree: Any) -> tuple[Hashable, ...]:
+def static_numbers(tree: Any) -> tuple[Hashable, ...]:
     """The numbers among the static fields of the modules in `tree`, with their types
-    and signs (without asking any other static value for its repr, which may be slow)."""
+    and signs (without asking any other static value for its repr, which may be slow):
+    a treedef compares `1`, `1.0` and `True` (and `0.0`, `-0.0`) equal."""
     found: list[Hashable] = []
 
     def visit(node: Any) -> None:

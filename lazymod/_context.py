@@ -85,6 +85,7 @@ class InitContext:
         self.intermediates: dict[str, Any] | None = {} if capture else None
         self.raised_in: str | None = None  # the innermost module a call raised in
         self.trace: Any = None  # the trace init runs in; set when it starts
+        self.staged = True  # False: values are computed op by op as they are traced
         # Traces of transformations applied around init (eqx.filter_jit(lm.init),
         # jax.eval_shape, ...): their tracers may sit in the result.
         self.outer_traces: list[Any] = []

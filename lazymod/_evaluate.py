@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jex_core
 
-from . import _host_keys
+from . import _fragments as fragments, _host_keys
 from ._chunks import compute, compute_all, PACK_LIMIT, plan_of, size_of, Symbolic, to_host
 from ._host_keys import HostKeys
 from ._key_table import KeySlots, KeyTable
@@ -159,6 +159,19 @@ def _eval(
     return [read(v) for v in jaxpr.outvars]
 
 
+def _eval_call(closed: jex_core.ClosedJaxpr, ins: list[Any], table: KeyTable) -> list[Any]:
+    """A call's body, recorded: walked once per kind of inputs (`_fragments.py`)."""
+    kind = fragments.signature(closed, ins)
+    walked = None if kind is None else table.calls_walked.get(kind)
+    if walked is not None:
+        return fragments.replay(walked, ins, table)
+    start = table.size
+    outs = _eval(closed.jaxpr, closed.consts, ins, table)
+    if kind is not None:
+        table.calls_walked[kind] = fragments.remember(closed, ins, start, table, outs)
+    return outs
+
+
 class NeedsKeyBits(Exception):
     """Raised while recording a `Template`: a value needs the bits of a key (a key
     given to a JAX operation the evaluator does not record), so its computation is
@@ -176,7 +189,9 @@ def _eval_eqn(eqn: Any, ins: list[Any], table: KeyTable | None = None) -> list[A
     symbolic = any(isinstance(x, Symbolic | HostKeys | KeySlots) for x in ins)
     if name in _CALLS and _worth_inlining(eqn, symbolic):
         closed = eqn.params.get("jaxpr", eqn.params.get("call_jaxpr"))
-        return _eval(closed.jaxpr, closed.consts, ins, table)
+        if table is None:
+            return _eval(closed.jaxpr, closed.consts, ins)
+        return _eval_call(closed, ins, table)
     if table is not None and ins and isinstance(ins[0], KeySlots):
         out = _apply_to_slots(name, eqn.params, ins, table)
         if out is not None:

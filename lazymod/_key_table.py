@@ -36,17 +36,16 @@ class KeyTable:
 
     def __init__(self, roots: int):
         self.roots = roots
-        self._generation: list[int] = [0] * roots  # per row; 0: a root or a constant
-        self._constant_rows: list[int] = []
-        self._constants: list[np.ndarray] = []  # uint32[2] each
-        self._derived_rows: list[int] = []
-        self._parents: list[int] = []
-        self._counters: list[tuple[int, int]] = []
-        self._grouped: tuple[int, list[tuple[np.ndarray, ...]]] | None = None
+        # Per row: None (a root), ("constant", data) or ("derived", parent, high, low).
+        self._rows: list[tuple[Any, ...] | None] = [None] * roots
+        self._generation: list[int] = [0] * roots  # 0: a root or a constant
+        self._grouped: tuple[int, Any] | None = None
+        # Calls walked once while recording, and what they made (see `_fragments.py`).
+        self.calls_walked: dict[Any, Any] = {}
 
     @property
     def size(self) -> int:
-        return len(self._generation)
+        return len(self._rows)
 
     def root(self, index: int, dtype: Any) -> KeySlots:
         return KeySlots(np.asarray(index, np.int64), dtype)
@@ -55,8 +54,7 @@ class KeyTable:
         """Constant keys (their data, uint32[*shape, 2]) as new rows."""
         flat = np.asarray(data, np.uint32).reshape(-1, 2)
         slots = np.arange(self.size, self.size + len(flat), dtype=np.int64)
-        self._constant_rows.extend(slots.tolist())
-        self._constants.extend(flat)
+        self._rows.extend(("constant", row) for row in flat)
         self._generation.extend([0] * len(flat))
         return KeySlots(slots.reshape(np.shape(data)[:-1]), dtype)
 
@@ -64,12 +62,25 @@ class KeyTable:
         """New rows: threefry of row `parent` with the counters `(high[i], low[i])`."""
         start = self.size
         generation = self._generation[parent] + 1
-        for pair in zip(high.tolist(), low.tolist()):
-            self._derived_rows.append(len(self._generation))
-            self._parents.append(parent)
-            self._counters.append(pair)
+        for a, b in zip(high.tolist(), low.tolist()):
+            self._rows.append(("derived", parent, a, b))
             self._generation.append(generation)
         return np.arange(start, self.size, dtype=np.int64)
+
+    def copy_rows(self, start: int, stop: int, remap: dict[int, int]) -> dict[int, int]:
+        """Rows `start..stop-1` again, as new rows whose parents are mapped by `remap`
+        (old row to new; others kept); returns `remap` with the copied rows added."""
+        for row in range(start, stop):
+            made = self._rows[row]
+            assert made is not None
+            if made[0] == "constant":
+                remap[row] = int(self.constant(made[1], None).slots)
+            else:
+                _, parent, high, low = made
+                parent = remap.get(parent, parent)
+                counters = np.asarray([high], np.uint32), np.asarray([low], np.uint32)
+                remap[row] = int(self.derive(parent, *counters)[0])
+        return remap
 
     def split(self, keys: KeySlots, shape: tuple[int, ...]) -> KeySlots:
         """`jax.random.split` of one key (partitionable threefry): key `i` hashes the
@@ -89,25 +100,32 @@ class KeyTable:
         data = np.empty((self.size, 2), np.uint32)
         if self.roots:
             data[: self.roots] = np.asarray(roots, np.uint32).reshape(self.roots, 2)
-        if self._constants:
-            data[self._constant_rows] = self._constants
-        for rows, parents, high, low in self._generations():
+        constant_rows, constants, generations = self._grouping()
+        if len(constant_rows):
+            data[constant_rows] = constants
+        for rows, parents, high, low in generations:
             data[rows, 0], data[rows, 1] = threefry2x32_many(
                 data[parents, 0], data[parents, 1], high, low
             )
         return data
 
-    def _generations(self) -> list[tuple[np.ndarray, ...]]:
-        """Per generation of derived rows: the rows, their parents and counters
-        (grouped once, then again only if the table grew)."""
-        if self._grouped is None or self._grouped[0] != len(self._parents):
-            rows = np.asarray(self._derived_rows, np.int64)
+    def _grouping(self) -> Any:
+        """The constant rows and their data, and per generation of derived rows: the
+        rows, their parents and counters (grouped once, and again if the table grew)."""
+        if self._grouped is None or self._grouped[0] != self.size:
+            constant_rows = [i for i, r in enumerate(self._rows) if r and r[0] == "constant"]
+            constants = np.asarray([self._rows[i][1] for i in constant_rows], np.uint32)
+            derived = [i for i, r in enumerate(self._rows) if r and r[0] == "derived"]
+            rows = np.asarray(derived, np.int64)
+            made = np.asarray([self._rows[i][1:] for i in derived], np.int64).reshape(-1, 3)
             generation = np.asarray(self._generation, np.int64)[rows]
-            parents = np.asarray(self._parents, np.int64)
-            counters = np.asarray(self._counters, np.uint32).reshape(-1, 2)
-            groups = []
+            generations = []
             for g in np.unique(generation):
                 these = np.flatnonzero(generation == g)
-                groups.append((rows[these], parents[these], counters[these, 0], counters[these, 1]))
-            self._grouped = (len(self._parents), groups)
+                parents, high, low = made[these].T
+                generations.append(
+                    (rows[these], parents, high.astype(np.uint32), low.astype(np.uint32))
+                )
+            grouping = (np.asarray(constant_rows, np.int64), constants, generations)
+            self._grouped = (self.size, grouping)
         return self._grouped[1]

@@ -2,13 +2,17 @@
 modules and layers ask of it: `next_key`, `describe`, `in_init_trace`."""
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
+import equinox as eqx
+import jax
+import jax.tree_util as jtu
 from jax.extend import core as jex_core
 from jaxtyping import PRNGKeyArray
 
+from ._cache import static_numbers
 from ._context import current_trace, InitContext, Phase
 from ._errors import InitError
 from ._keys import DEFAULT_STREAM
@@ -43,6 +47,46 @@ def in_init_trace() -> Iterator[None]:
         return
     with jex_core.set_current_trace(context.trace):
         yield
+
+
+def run_built(layer: Any, *args: Any, **kwargs: Any) -> Any:
+    """`layer(*args, **kwargs)`, for a layer init has built. In a staged init (where
+    only shapes flow) the call is traced once per layer structure and input shapes
+    (`eqx.filter_jit`), and the kept trace serves every other layer like it: a model
+    of many alike layers pays for one trace of each kind of layer, not of each layer.
+    Otherwise, and outside init, it is the plain call."""
+    if not staged_init():
+        return layer(*args, **kwargs)
+    return _call_traced_once(layer, args, kwargs)
+
+
+def kind_of(tree: Any) -> Hashable | None:
+    """What a build or a call of a layer depends on: the structure and non-array
+    leaves of `tree` (numbers with their types), and the shapes and dtypes of its
+    arrays, which must be tracers (`None` if a leaf cannot be hashed, or is a
+    concrete or weakly typed array, whose value the code might read)."""
+    leaves, treedef = jtu.tree_flatten(tree)
+    parts: list[Hashable] = []
+    for leaf in leaves:
+        if eqx.is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct):
+            if getattr(leaf, "weak_type", False) or not isinstance(leaf, jax.core.Tracer):
+                return None
+            parts.append((leaf.shape, leaf.dtype))
+        elif isinstance(leaf, bool | int | float | complex):
+            parts.append((type(leaf), repr(leaf)))
+        else:
+            parts.append((type(leaf), leaf))
+    kind = (treedef, static_numbers(tree), tuple(parts))
+    try:
+        hash(kind)
+    except TypeError:
+        return None
+    return kind
+
+
+@eqx.filter_jit
+def _call_traced_once(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return layer(*args, **kwargs)
 
 
 def describe(module: Any) -> str:
@@ -93,6 +137,11 @@ def next_key(stream: str = DEFAULT_STREAM) -> PRNGKeyArray:
     """
     if not isinstance(stream, str):
         raise TypeError(f"lazymod.next_key(stream) takes a str; got {type(stream).__name__}.")
+    supplied = _supplied.get()
+    if supplied:  # a build traced once, given the keys its first build drew
+        drawn_stream, key = supplied.pop(0)
+        assert drawn_stream == stream, (drawn_stream, stream)
+        return key
     context = _current.get()
     if context is not None and context.phase is Phase.INITIALIZERS:
         raise InitError(
@@ -106,4 +155,41 @@ def next_key(stream: str = DEFAULT_STREAM) -> PRNGKeyArray:
             "while init runs, inside `rng_init` or an `if self.initializing():` block; "
             "elsewhere, pass a key explicitly (for example `key=` at call time)."
         )
+    drawn = _drawn.get()
+    if drawn is not None:
+        drawn.append(stream)
     return context.next_key(stream)
+
+
+# The streams of the keys drawn by the code running in `keys_drawn`, in order; the
+# keys `next_key` returns, in order, in `keys_supplied`.
+_drawn: ContextVar[list[str] | None] = ContextVar("lazymod_drawn", default=None)
+_supplied: ContextVar[list[tuple[str, Any]] | None] = ContextVar("lazymod_supplied", default=None)
+
+
+@contextlib.contextmanager
+def keys_drawn() -> Iterator[list[str]]:
+    """The streams of the keys `next_key` draws inside this block, in order."""
+    streams: list[str] = []
+    token = _drawn.set(streams)
+    try:
+        yield streams
+    finally:
+        _drawn.reset(token)
+
+
+@contextlib.contextmanager
+def keys_supplied(keys: list[tuple[str, Any]]) -> Iterator[None]:
+    """Inside this block, `next_key(stream)` returns these `(stream, key)` in order
+    (a build traced once for many layers, each drawing its own keys outside it)."""
+    token = _supplied.set(list(keys))
+    try:
+        yield
+    finally:
+        _supplied.reset(token)
+
+
+def staged_init() -> bool:
+    """Whether an init runs here whose values are staged (only shapes flow)."""
+    context = _current.get()
+    return context is not None and context.staged

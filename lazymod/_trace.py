@@ -113,6 +113,7 @@ def trace(
         i for i, leaf in enumerate(input_leaves) if isinstance(leaf, jax.ShapeDtypeStruct)
     ]
     context = InitContext(keys, capture=capture, root_name=type(module).__name__)
+    context.staged = staged
     skeletons: list[Skeleton] = []
     # Staged, the root keys are inputs of the jaxpr; unstaged, values computed op by
     # op need them concrete.

@@ -134,3 +134,42 @@ def test_equal_values_of_other_types_or_signs_are_not_the_same_structure():
     assert lm.init(Fill(1.0), 0, spec(2)).w.dtype == jnp.float32
     assert not jnp.signbit(lm.init(Fill(0.0), 0, spec(2)).w).any()
     assert jnp.signbit(lm.init(Fill(-0.0), 0, spec(2)).w).all()
+
+
+def test_alike_built_layers_trace_their_forward_pass_once(monkeypatch):
+    calls = []
+    forward = eqx.nn.Linear.__call__
+
+    def counted(self, x, *, key=None):
+        calls.append(x.shape)
+        return forward(self, x, key=key)
+
+    monkeypatch.setattr(eqx.nn.Linear, "__call__", counted)
+
+    class Stack(lm.Module):
+        layers: list
+
+        def __init__(self):
+            self.layers = [lm.nn.Linear(13) for _ in range(10)]
+
+        def __call__(self, x):
+            for layer in self.layers:
+                x = jax.nn.relu(layer(x))
+            return x
+
+    # A width no other test uses: the traces are kept for the whole process.
+    built = lm.init(Stack(), 0, spec(13))
+    assert calls == [(13,)]  # ten alike layers: one trace of eqx.nn.Linear.__call__
+    lm.init(Stack(), 1, jnp.ones(13))  # a real input, another init: traced already
+    assert len(calls) == 1
+
+    class Branching(Stack):
+        def __call__(self, x):
+            if float(x.sum()) > 0:  # needs the input's value: traced op by op
+                return super().__call__(x)
+            return x
+
+    real = jnp.ones(13)
+    data_dependent = lm.init(Branching(), 0, real)
+    assert len(calls) == 11  # every layer runs, on values
+    assert tree_bit_equal(built.layers, data_dependent.layers)  # the same values either way

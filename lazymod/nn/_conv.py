@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
 from .._errors import InitTypeError
-from .._running import next_key
+from .._running import next_key, run_built
 from ._lazy import check_sizes, LazyLayer
 
 
@@ -100,7 +100,7 @@ class Convolution(LazyLayer):
         """As the Equinox layer's `__call__`: `x` of shape
         `(in_channels, dim_1, ..., dim_N)`; returns `(out_channels, new_dim_1, ...,
         new_dim_N)`."""
-        return self._layer_for(x)(x, key=key)
+        return run_built(self._layer_for(x), x, key=key)
 
 
 class Conv(Convolution):

@@ -1,16 +1,29 @@
 """What every lazy layer shares: it builds its Equinox counterpart from the first input
 it sees during `lazymod.init`, runs it, and is replaced by it in the returned tree."""
 
+import collections
 import dataclasses
-from collections.abc import Sequence
+import threading
+from collections.abc import Hashable, Sequence
 from typing import Any, TypeVar
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 
 from .._errors import InitError, InitTypeError, InitValueError
 from .._module import Module, untracked
-from .._running import describe, in_init_trace
+from .._running import (
+    describe,
+    in_init_trace,
+    keys_drawn,
+    keys_supplied,
+    kind_of,
+    next_key,
+    staged_init,
+)
 from .._sentinels import is_sentinel, lazy
 
 
@@ -97,7 +110,7 @@ class LazyLayer(Partitioned):
                     "kernel or a stride larger than its input?)."
                 )
             with in_init_trace():
-                self.layer = self._build(*args, **kwargs)
+                self.layer = _build_traced_once(self, args, kwargs)
         return self.layer
 
     def _init_result(self) -> Any:
@@ -141,3 +154,61 @@ def check_sizes(layer: str, minimum: int = 1, **sizes: Any) -> None:
                 raise ValueError(
                     f"lazymod.nn.{layer}: {name} must be at least {minimum}; got {size}."
                 )
+
+
+# Per kind of build (the lazy layer's type and fields, the inputs' shapes): the streams
+# of the keys it draws, as its first build drew them. Bounded, least recent out.
+_streams: collections.OrderedDict[Hashable, tuple[str, ...]] = collections.OrderedDict()
+_streams_lock = threading.Lock()
+_KINDS_KEPT = 4096
+
+
+def _build_traced_once(layer: LazyLayer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """`layer._build(*args, **kwargs)`. In a staged init (only shapes flow), the build
+    of each kind of layer is traced once, by `eqx.filter_jit`, and the kept trace builds
+    every layer of that kind, each from keys drawn as its own build would draw them:
+    a thousand alike layers pay for one trace of the Equinox constructor, not a
+    thousand, and their values are the same bit for bit."""
+    if not staged_init():
+        return layer._build(*args, **kwargs)
+    plain = copy_module(layer)  # without its tag (the path of this layer in the tree)
+    object.__setattr__(plain, "layer", lazy())
+    kind = kind_of((plain, args, kwargs))
+    with _streams_lock:
+        streams = None if kind is None else _streams.get(kind)
+    if streams is None:
+        with keys_drawn() as drawn:
+            built = layer._build(*args, **kwargs)
+        if kind is not None:
+            with _streams_lock:
+                _streams[kind] = tuple(drawn)
+                while len(_streams) > _KINDS_KEPT:
+                    _streams.popitem(last=False)
+        return built
+    keys = [(stream, next_key(stream)) for stream in streams]
+    # The build reads its inputs' shapes only: given as specs, the layer it builds
+    # depends on no input of the trace.
+    specs = jtu.tree_map(_spec_of, (args, kwargs))
+    return _build_with_keys(kind, plain, keys, *specs)
+
+
+def _spec_of(x: Any) -> Any:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype) if eqx.is_array(x) else x
+
+
+def _array_of(x: Any) -> Any:
+    return jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x
+
+
+@eqx.filter_jit
+def _build_with_keys(
+    kind: Hashable,
+    layer: LazyLayer,
+    keys: list[tuple[str, Any]],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    del kind  # static: one trace per kind, numbers told apart by their types
+    args, kwargs = jtu.tree_map(_array_of, (args, kwargs))  # arrays of this trace
+    with keys_supplied(keys):
+        return layer._build(*args, **kwargs)

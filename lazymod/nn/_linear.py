@@ -3,7 +3,7 @@ from typing import Any, Literal
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
-from .._running import next_key
+from .._running import next_key, run_built
 from ._lazy import check_sizes, LazyLayer
 
 
@@ -53,4 +53,4 @@ class Linear(LazyLayer):
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
         """As `equinox.nn.Linear.__call__`: `x` of shape `(in_features,)`, or a
         scalar if the input was one."""
-        return self._layer_for(x)(x, key=key)
+        return run_built(self._layer_for(x), x, key=key)

@@ -4,7 +4,7 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
-from .._running import next_key
+from .._running import next_key, run_built
 from ._lazy import check_sizes, LazyLayer
 
 
@@ -137,7 +137,8 @@ class MultiheadAttention(LazyLayer):
         layer = self._layer_for(query, key_, value)
         if key is None and self.initializing():  # as Dropout: the "dropout" stream
             key = next_key("dropout")
-        return layer(
+        return run_built(
+            layer,
             query,
             key_,
             value,

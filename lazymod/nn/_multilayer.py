@@ -97,4 +97,6 @@ class MLP(LazyLayer):
 
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
         """As `equinox.nn.MLP.__call__`: `x` of shape `(in_size,)`, or a scalar."""
+        # Not `run_built`: called under `jax.vmap`, a kept trace is batched once more,
+        # which for a deep MLP (usually called once) costs more than it saves.
         return self._layer_for(x)(x, key=key)

@@ -3,6 +3,7 @@ from typing import Any, ClassVar
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
+from .._running import run_built
 from ._lazy import check_sizes, LazyLayer
 
 
@@ -13,7 +14,7 @@ _NO_STATE: Any = object()
 
 def _call(layer: Any, x: Array, state: Any, key: PRNGKeyArray | None) -> Any:
     if state is _NO_STATE:
-        return layer(x, key=key)
+        return run_built(layer, x, key=key)
     return layer(x, state, key=key)
 
 

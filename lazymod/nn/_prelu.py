@@ -4,6 +4,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from .._running import run_built
 from ._lazy import LazyLayer
 
 
@@ -60,4 +61,4 @@ class PReLU(LazyLayer):
 
     def __call__(self, x: Array) -> Array:
         """As `equinox.nn.PReLU.__call__`."""
-        return self._layer_for(x)(x)
+        return run_built(self._layer_for(x), x)

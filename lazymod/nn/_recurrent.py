@@ -4,7 +4,7 @@ import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
 from .._errors import InitTypeError
-from .._running import next_key
+from .._running import next_key, run_built
 from ._lazy import LazyLayer
 
 
@@ -73,7 +73,7 @@ class GRUCell(LazyLayer):
     def __call__(self, input: Array, hidden: Array, *, key: PRNGKeyArray | None = None) -> Array:
         """As `equinox.nn.GRUCell.__call__`: `input` of shape `(input_size,)`,
         `hidden` of shape `(hidden_size,)`; returns the new hidden state."""
-        return self._layer_for(input, hidden)(input, hidden, key=key)
+        return run_built(self._layer_for(input, hidden), input, hidden, key=key)
 
 
 class LSTMCell(GRUCell):
@@ -123,4 +123,4 @@ class LSTMCell(GRUCell):
         """As `equinox.nn.LSTMCell.__call__`: `input` of shape `(input_size,)`,
         `hidden` a `(hidden, cell)` tuple of shape `(hidden_size,)` each; returns the
         new tuple."""
-        return self._layer_for(input, hidden)(input, hidden, key=key)
+        return run_built(self._layer_for(input, hidden), input, hidden, key=key)

@@ -3,6 +3,7 @@ from typing import Any
 import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
+from .._running import run_built
 from ._lazy import LazyLayer
 
 
@@ -82,4 +83,4 @@ class RotaryPositionalEmbedding(LazyLayer):
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
         """As `equinox.nn.RotaryPositionalEmbedding.__call__`: `x` of shape
         `(seq_length, embedding_size)`."""
-        return self._layer_for(x)(x, key=key)
+        return run_built(self._layer_for(x), x, key=key)
