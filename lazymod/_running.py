@@ -2,19 +2,16 @@
 modules and layers ask of it: `next_key`, `describe`, `in_init_trace`."""
 
 import contextlib
-from collections.abc import Hashable, Iterator
+from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
-import equinox as eqx
-import jax
-import jax.tree_util as jtu
 from jax.extend import core as jex_core
 from jaxtyping import PRNGKeyArray
 
-from ._cache import static_numbers
 from ._context import current_trace, InitContext, Phase
 from ._errors import InitError
+from ._kept_calls import call_kept
 from ._keys import DEFAULT_STREAM
 
 
@@ -52,39 +49,14 @@ def in_init_trace() -> Iterator[None]:
 def run_built(layer: Any, *args: Any, **kwargs: Any) -> Any:
     """`layer(*args, **kwargs)`, for a layer init has built. In a staged init (where
     only shapes flow) the call is traced once per layer structure and input shapes
-    (`eqx.filter_jit`), and the kept trace serves every other layer like it: a model
+    (`_kept_calls.py`), and the kept trace serves every other layer like it: a model
     of many alike layers pays for one trace of each kind of layer, not of each layer.
     Otherwise, and outside init, it is the plain call."""
     if not staged_init():
         return layer(*args, **kwargs)
-    return _call_traced_once(layer, args, kwargs)
+    return call_kept(_call_traced_once, layer, args, kwargs)
 
 
-def kind_of(tree: Any) -> Hashable | None:
-    """What a build or a call of a layer depends on: the structure and non-array
-    leaves of `tree` (numbers with their types), and the shapes and dtypes of its
-    arrays, which must be tracers (`None` if a leaf cannot be hashed, or is a
-    concrete or weakly typed array, whose value the code might read)."""
-    leaves, treedef = jtu.tree_flatten(tree)
-    parts: list[Hashable] = []
-    for leaf in leaves:
-        if eqx.is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct):
-            if getattr(leaf, "weak_type", False) or not isinstance(leaf, jax.core.Tracer):
-                return None
-            parts.append((leaf.shape, leaf.dtype))
-        elif isinstance(leaf, bool | int | float | complex):
-            parts.append((type(leaf), repr(leaf)))
-        else:
-            parts.append((type(leaf), leaf))
-    kind = (treedef, static_numbers(tree), tuple(parts))
-    try:
-        hash(kind)
-    except TypeError:
-        return None
-    return kind
-
-
-@eqx.filter_jit
 def _call_traced_once(layer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return layer(*args, **kwargs)
 

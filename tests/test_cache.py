@@ -136,7 +136,7 @@ def test_equal_values_of_other_types_or_signs_are_not_the_same_structure():
     assert jnp.signbit(lm.init(Fill(-0.0), 0, spec(2)).w).all()
 
 
-def test_alike_built_layers_trace_their_forward_pass_once(monkeypatch):
+def test_alike_built_layers_trace_their_forward_pass_and_constructor_once(monkeypatch):
     calls = []
     forward = eqx.nn.Linear.__call__
 
@@ -145,6 +145,14 @@ def test_alike_built_layers_trace_their_forward_pass_once(monkeypatch):
         return forward(self, x, key=key)
 
     monkeypatch.setattr(eqx.nn.Linear, "__call__", counted)
+    builds = []
+    build = eqx.nn.Linear.__init__
+
+    def counted_build(self, *args, **kwargs):
+        builds.append(args[:2])
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(eqx.nn.Linear, "__init__", counted_build)
 
     class Stack(lm.Module):
         layers: list
@@ -160,8 +168,9 @@ def test_alike_built_layers_trace_their_forward_pass_once(monkeypatch):
     # A width no other test uses: the traces are kept for the whole process.
     built = lm.init(Stack(), 0, spec(13))
     assert calls == [(13,)]  # ten alike layers: one trace of eqx.nn.Linear.__call__
-    lm.init(Stack(), 1, jnp.ones(13))  # a real input, another init: traced already
-    assert len(calls) == 1
+    assert builds == [(13, 13), (13, 13)]  # the first built as it is, then kept
+    lm.init(Stack(), 1, jnp.ones(13))  # another init: traced already, but for
+    assert len(calls) == 2  # the first layer, which is given a real array
 
     class Branching(Stack):
         def __call__(self, x):
@@ -171,5 +180,17 @@ def test_alike_built_layers_trace_their_forward_pass_once(monkeypatch):
 
     real = jnp.ones(13)
     data_dependent = lm.init(Branching(), 0, real)
-    assert len(calls) == 11  # every layer runs, on values
+    assert len(calls) == 12  # every layer runs, on values
     assert tree_bit_equal(built.layers, data_dependent.layers)  # the same values either way
+
+
+def test_a_built_mlp_keeps_the_activations_it_was_given():
+    def swish(x):
+        return x * jax.nn.sigmoid(x)
+
+    mlp = lm.init(lm.nn.MLP(3, 8, 2, activation=swish, final_activation=jnp.tanh), 0, spec(5))
+    assert mlp.activation is swish and mlp.final_activation is jnp.tanh
+    by_hand = eqx.nn.MLP(5, 3, 8, 2, swish, jnp.tanh, key=jax.random.key(1))
+    by_hand = eqx.tree_at(lambda m: m.layers, by_hand, mlp.layers)
+    x = jnp.linspace(-1.0, 1.0, 5)
+    assert tree_bit_equal(mlp(x), by_hand(x))

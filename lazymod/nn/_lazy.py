@@ -14,13 +14,13 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._errors import InitError, InitTypeError, InitValueError
+from .._kept_calls import call_kept, kind_of
 from .._module import Module, untracked
 from .._running import (
     describe,
     in_init_trace,
     keys_drawn,
     keys_supplied,
-    kind_of,
     next_key,
     staged_init,
 )
@@ -165,7 +165,7 @@ _KINDS_KEPT = 4096
 
 def _build_traced_once(layer: LazyLayer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """`layer._build(*args, **kwargs)`. In a staged init (only shapes flow), the build
-    of each kind of layer is traced once, by `eqx.filter_jit`, and the kept trace builds
+    of each kind of layer is traced once (`_kept_calls.py`), and the kept trace builds
     every layer of that kind, each from keys drawn as its own build would draw them:
     a thousand alike layers pay for one trace of the Equinox constructor, not a
     thousand, and their values are the same bit for bit."""
@@ -173,7 +173,8 @@ def _build_traced_once(layer: LazyLayer, args: tuple[Any, ...], kwargs: dict[str
         return layer._build(*args, **kwargs)
     plain = copy_module(layer)  # without its tag (the path of this layer in the tree)
     object.__setattr__(plain, "layer", lazy())
-    kind = kind_of((plain, args, kwargs))
+    found = kind_of(_build_with_keys, (plain, args, kwargs))
+    kind = None if found is None else found[0]
     with _streams_lock:
         streams = None if kind is None else _streams.get(kind)
     if streams is None:
@@ -189,7 +190,7 @@ def _build_traced_once(layer: LazyLayer, args: tuple[Any, ...], kwargs: dict[str
     # The build reads its inputs' shapes only: given as specs, the layer it builds
     # depends on no input of the trace.
     specs = jtu.tree_map(_spec_of, (args, kwargs))
-    return _build_with_keys(kind, plain, keys, *specs)
+    return call_kept(_build_with_keys, plain, keys, *specs)
 
 
 def _spec_of(x: Any) -> Any:
@@ -200,15 +201,9 @@ def _array_of(x: Any) -> Any:
     return jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x
 
 
-@eqx.filter_jit
 def _build_with_keys(
-    kind: Hashable,
-    layer: LazyLayer,
-    keys: list[tuple[str, Any]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    layer: LazyLayer, keys: list[tuple[str, Any]], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    del kind  # static: one trace per kind, numbers told apart by their types
     args, kwargs = jtu.tree_map(_array_of, (args, kwargs))  # arrays of this trace
     with keys_supplied(keys):
         return layer._build(*args, **kwargs)

@@ -1,11 +1,13 @@
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
 import equinox as eqx
+import jax
 from jaxtyping import Array, PRNGKeyArray
 
-from .._running import next_key
+from .._running import next_key, staged_init
 from ._lazy import check_sizes, LazyLayer
 
 
@@ -99,4 +101,41 @@ class MLP(LazyLayer):
         """As `equinox.nn.MLP.__call__`: `x` of shape `(in_size,)`, or a scalar."""
         # Not `run_built`: called under `jax.vmap`, a kept trace is batched once more,
         # which for a deep MLP (usually called once) costs more than it saves.
-        return self._layer_for(x)(x, key=key)
+        layer = self._layer_for(x)
+        if staged_init():
+            layer = _with_kept_activations(layer)
+        return layer(x, key=key)
+
+
+@functools.lru_cache(maxsize=64)  # activations by identity: a few per process
+def _kept(activation: Callable[..., Any]) -> Callable[..., Any]:
+    return jax.jit(activation)
+
+
+def _with_kept_activations(mlp: eqx.nn.MLP) -> eqx.nn.MLP:
+    """`mlp` for Equinox's forward pass at a staged init: with each activation that is
+    a plain function jitted, so that its trace (a `jax.custom_jvp`'s, for ReLU) is made
+    once and kept, not made again under each hidden layer's `vmap`. The same
+    computation; the built MLP keeps the functions it was given."""
+    names = [
+        name
+        for name in ("activation", "final_activation")
+        if _is_plain_function(getattr(mlp, name))
+    ]
+    if not names:
+        return mlp
+    return eqx.tree_at(
+        lambda m: [getattr(m, name) for name in names],
+        mlp,
+        [_kept(getattr(mlp, name)) for name in names],
+    )
+
+
+def _is_plain_function(x: Any) -> bool:
+    if not callable(x) or isinstance(x, eqx.Module):
+        return False
+    try:
+        hash(x)
+    except TypeError:
+        return False
+    return True
