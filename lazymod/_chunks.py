@@ -29,12 +29,15 @@ from ._programs import packed_program, program
 
 # Chunk sizes (elements): small values use the small one, so a 32-wide layer does not
 # pay for 2**18 random numbers. On a CPU, XLA computes threefry bits about 25% faster
-# per element in calls of 2**19 than of 2**18, so larger values use the large chunk
-# unless it would compute more elements than the medium one: a 3x3x256x256 kernel
-# (1.125 * 2**19 elements) takes three medium calls, not two large ones.
+# per element in calls of 2**19 or more than of 2**18, and a value computed in one
+# call is not assembled in host memory (a copy and a second allocation of the value:
+# a third of a later init of a 7-layer MLP of width 1024). So larger values use the
+# large chunk (a 1024x1024 weight in one call) unless it would compute more elements
+# than the medium one: a 3x3x256x256 kernel (0.5625 * 2**20 elements) takes three
+# medium calls, not one large one.
 SMALL_CHUNK = 2**12
 MEDIUM_CHUNK = 2**18
-LARGE_CHUNK = 2**19
+LARGE_CHUNK = 2**20
 # Values of at most `PACK_LIMIT` elements with the same structure are computed side by
 # side, up to `PACK_CHUNK` elements per program call: a deep, narrow model's hundreds
 # of small parameters take a few calls, not hundreds.

@@ -44,7 +44,7 @@ SAMPLERS = {
 EXACT = {"uniform", "normal", "truncated_normal", "bits", "bernoulli", "ones", "constant"}
 # Across the small/medium chunk threshold and across a medium chunk's end.
 SHAPES = [(), (7,), (3, 5), (4 * SMALL_CHUNK + 1,), (2, MEDIUM_CHUNK + 3)]
-LARGE_SHAPE = (3, LARGE_CHUNK // 2 + 5)  # across a large chunk's end
+LARGE_SHAPE = (2, LARGE_CHUNK - 3)  # across a large chunk's end
 
 
 def test_chunk_sizes():
@@ -53,7 +53,7 @@ def test_chunk_sizes():
     assert chunk_size(2 * (MEDIUM_CHUNK + 3)) == MEDIUM_CHUNK
     assert chunk_size(LARGE_SHAPE[0] * LARGE_SHAPE[1]) == LARGE_CHUNK
     assert chunk_size(1024 * 1024) == LARGE_CHUNK
-    assert chunk_size(3 * 3 * 256 * 256) == MEDIUM_CHUNK  # 3 medium calls, not 2 large
+    assert chunk_size(3 * 3 * 256 * 256) == MEDIUM_CHUNK  # 3 medium calls, not 1 large
 
 
 def direct_and_evaluated(sampler, shape, dtype):
