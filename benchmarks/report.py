@@ -255,20 +255,21 @@ def _targets_table(results: dict) -> list[str]:
 def _floors_table(results: dict) -> list[str]:
     floors, runs = results["floors"], results["runs"]
     lines = [
-        "## What any init by tracing pays",
+        "## Against tracing once and drawing once",
         "",
-        "Inferring shapes by tracing the forward pass, and drawing the random numbers JAX",
-        "draws, costs at least the time JAX takes to trace the forward pass once plus the",
-        "time JAX takes to compute the values (one `jax.random.uniform` per array): the",
-        "floor of a *first* init of a structure. A later init of the same structure",
-        "reuses the first one's trace (see [later inits](performance.md#later-inits)), so",
-        "it pays only the values: its ratio to this floor can be well below 1. The",
-        "floor's parts are warm medians, measured in one process, interleaved",
+        "A reference, not a floor: the time JAX takes to trace the Equinox-built model's",
+        "forward pass once plus the time JAX takes to compute its values (one",
+        "`jax.random.uniform` per array). A naive init by tracing pays about that on",
+        "every init. lazymod pays less: its first init traces each *kind* of layer once",
+        "(see [the first init](performance.md#the-first-init-in-a-process)), and a later",
+        "init of the same structure replays the first one's recorded evaluation (see",
+        "[later inits](performance.md#later-inits)), paying the values only. The",
+        "reference's parts are warm medians, measured in one process, interleaved",
         "(`python -m benchmarks.worker lazymod floors`); the ratios are to the later",
         "inits of the summary table.",
         "",
-        "| case | JAX computing the values | JAX tracing the forward pass | floor |"
-        " floor ÷ Equinox | lazymod ÷ floor |",
+        "| case | JAX computing the values | JAX tracing the forward pass | reference |"
+        " reference ÷ Equinox | lazymod ÷ reference |",
         "|---|---|---|---|---|---|",
     ]
     deep = [c["depth"] for c in results["cases"] if c["model"] == "deep_mlp"][0]
