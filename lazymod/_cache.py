@@ -39,7 +39,8 @@ _lock = threading.Lock()
 
 
 def clear_caches() -> None:
-    """Forget every trace `lazymod.init` kept: the next init of any model traces it
+    """Forget every trace `lazymod.init` kept (of whole inits, and of each kind of
+    built layer's constructor and forward pass): the next init of any model traces it
     again. Call it after changing Python state that a forward pass reads outside its
     module and inputs (as `jax.clear_caches()` for `jax.jit`).
 
@@ -52,6 +53,9 @@ def clear_caches() -> None:
     """
     with _lock:
         _traces.clear()
+    from ._kept_calls import forget_kept_calls  # it imports this module
+
+    forget_kept_calls()
 
 
 def trace_key(module: Any, keys: dict[str, Any], inputs: Any, options: tuple) -> Hashable | None:

@@ -4,6 +4,8 @@ parameter shape: the fast evaluator behind `_values.evaluate_constants`.
 A value built only from `random_bits` (threefry), scalars and elementwise ops stays
 `Symbolic` until needed, and is then computed in chunks (`_chunks.py`). Keys are derived
 in NumPy (`_host_keys.py`). Everything else is evaluated as `jax.core.eval_jaxpr` would.
+`record` walks the same way with keys known by their rows in a `KeyTable`, to give a
+`Template` (`_replay.py`) that later inits of a kept trace replay without a walk.
 The code relies on JAX internals (primitive names and parameters, equation contexts,
 key implementations): anything in `UNSUPPORTED` that it raises means "this JAX is not
 the one it knows", and the caller falls back to JAX's own evaluator.

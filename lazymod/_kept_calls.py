@@ -40,6 +40,23 @@ _kinds: collections.OrderedDict[Hashable, _Kind] = collections.OrderedDict()
 _lock = threading.Lock()
 
 
+_forgetters: list[Callable[[], None]] = []
+
+
+def on_forget(forget: Callable[[], None]) -> None:
+    """Have `forget` called with every `forget_kept_calls()` (a memo by kind of call)."""
+    _forgetters.append(forget)
+
+
+def forget_kept_calls() -> None:
+    """Forget every kept trace of a kind of call (by `lazymod.clear_caches`)."""
+    with _lock:
+        _kinds.clear()
+        _traced.clear_cache()
+        for forget in _forgetters:
+            forget()
+
+
 def kind_of(function: Callable[..., Any], tree: Any) -> tuple[Hashable, Any, list] | None:
     """The kind of the call `function(tree)`, with the treedef and leaves of `tree`;
     `None` if a leaf cannot be hashed, or is a concrete or weakly typed array (whose

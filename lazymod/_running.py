@@ -24,12 +24,17 @@ def current_context() -> InitContext | None:
 
 
 @contextlib.contextmanager
-def active(context: InitContext) -> Iterator[InitContext]:
-    token = _current.set(context)
+def _setting(variable: ContextVar[Any], value: Any) -> Iterator[Any]:
+    """`variable` set to `value` inside the block (yielded), and reset after it."""
+    token = variable.set(value)
     try:
-        yield context
+        yield value
     finally:
-        _current.reset(token)
+        variable.reset(token)
+
+
+def active(context: InitContext) -> contextlib.AbstractContextManager[InitContext]:
+    return _setting(_current, context)
 
 
 @contextlib.contextmanager
@@ -139,26 +144,15 @@ _drawn: ContextVar[list[str] | None] = ContextVar("lazymod_drawn", default=None)
 _supplied: ContextVar[list[tuple[str, Any]] | None] = ContextVar("lazymod_supplied", default=None)
 
 
-@contextlib.contextmanager
-def keys_drawn() -> Iterator[list[str]]:
+def keys_drawn() -> contextlib.AbstractContextManager[list[str]]:
     """The streams of the keys `next_key` draws inside this block, in order."""
-    streams: list[str] = []
-    token = _drawn.set(streams)
-    try:
-        yield streams
-    finally:
-        _drawn.reset(token)
+    return _setting(_drawn, [])
 
 
-@contextlib.contextmanager
-def keys_supplied(keys: list[tuple[str, Any]]) -> Iterator[None]:
+def keys_supplied(keys: list[tuple[str, Any]]) -> contextlib.AbstractContextManager[Any]:
     """Inside this block, `next_key(stream)` returns these `(stream, key)` in order
     (a build traced once for many layers, each drawing its own keys outside it)."""
-    token = _supplied.set(list(keys))
-    try:
-        yield
-    finally:
-        _supplied.reset(token)
+    return _setting(_supplied, list(keys))
 
 
 def staged_init() -> bool:

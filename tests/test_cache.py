@@ -194,3 +194,20 @@ def test_a_built_mlp_keeps_the_activations_it_was_given():
     by_hand = eqx.tree_at(lambda m: m.layers, by_hand, mlp.layers)
     x = jnp.linspace(-1.0, 1.0, 5)
     assert tree_bit_equal(mlp(x), by_hand(x))
+
+
+def test_clear_caches_also_forgets_the_kept_layer_traces(monkeypatch):
+    calls = []
+    forward = eqx.nn.Linear.__call__
+
+    def counted(self, x, *, key=None):
+        calls.append(x.shape)
+        return forward(self, x, key=key)
+
+    monkeypatch.setattr(eqx.nn.Linear, "__call__", counted)
+    stack = [lm.nn.Linear(11) for _ in range(3)]
+    run = lambda layers, x: [x := layer(x) for layer in layers][-1]  # noqa: E731
+    lm.init(stack, 0, spec(11), method=run)
+    lm.clear_caches()
+    lm.init(stack, 0, spec(11), method=run)
+    assert calls == [(11,), (11,)]  # traced again after clear_caches, once per init

@@ -14,7 +14,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from .._errors import InitError, InitTypeError, InitValueError
-from .._kept_calls import call_kept, kind_of
+from .._kept_calls import call_kept, kind_of, on_forget
 from .._module import Module, untracked
 from .._running import (
     describe,
@@ -161,6 +161,7 @@ def check_sizes(layer: str, minimum: int = 1, **sizes: Any) -> None:
 _streams: collections.OrderedDict[Hashable, tuple[str, ...]] = collections.OrderedDict()
 _streams_lock = threading.Lock()
 _KINDS_KEPT = 4096
+on_forget(_streams.clear)
 
 
 def _build_traced_once(layer: LazyLayer, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
