@@ -171,8 +171,14 @@ def _leaf_key(leaf: Any) -> Hashable:
         return ("spec", leaf.shape, np.dtype(leaf.dtype), leaf.weak_type, leaf.sharding)
     if isinstance(leaf, (jax.Array, np.ndarray, np.generic, jax.core.Tracer)):
         raise _NotKept  # values the trace may read
+    return value_key(leaf)
+
+
+def value_key(leaf: Any) -> Hashable:
+    """A non-array leaf as kept traces tell leaves apart: numbers by type and repr
+    (`0.0` and `-0.0`, `1` and `True` are equal, but trace differently)."""
     if isinstance(leaf, bool | int | float | complex):
-        return (type(leaf), repr(leaf))  # 0.0 and -0.0, 1 and True: equal, not the same
+        return (type(leaf), repr(leaf))
     return (type(leaf), leaf)
 
 

@@ -18,7 +18,7 @@ import equinox as eqx
 import jax
 import jax.tree_util as jtu
 
-from ._cache import static_numbers
+from ._cache import static_numbers, value_key
 
 
 _KINDS_KEPT = 4096  # kinds of call remembered, least recently used first out
@@ -68,10 +68,8 @@ def kind_of(function: Callable[..., Any], tree: Any) -> tuple[Hashable, Any, lis
             if getattr(leaf, "weak_type", False) or not isinstance(leaf, jax.core.Tracer):
                 return None
             parts.append((leaf.shape, leaf.dtype))
-        elif isinstance(leaf, bool | int | float | complex):
-            parts.append((type(leaf), repr(leaf)))
         else:
-            parts.append((type(leaf), leaf))
+            parts.append(value_key(leaf))
     kind = (function, treedef, static_numbers(tree), tuple(parts))
     try:
         hash(kind)

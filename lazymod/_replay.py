@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from ._chunks import compute_plans, Plan
+from ._host_keys import from_array as host_keys
 from ._key_table import KeySlots, KeyTable
 
 
@@ -41,7 +42,7 @@ class Template:
         """The outputs for these inputs (the root keys, concrete threefry keys, at
         `root_inputs`): programs' values on the default device, constants copied (no
         two inits share an array)."""
-        roots = [np.asarray(jax.random.key_data(inputs[i])) for i in self.root_inputs]
+        roots = [host_keys(inputs[i]).data for i in self.root_inputs]
         data = self.table.resolve(roots)
         plans = [_with_key_data(plan, data) for plan in self.plans]
         values: list[Any] = [None] * self.size

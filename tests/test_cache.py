@@ -136,7 +136,8 @@ def test_equal_values_of_other_types_or_signs_are_not_the_same_structure():
     assert jnp.signbit(lm.init(Fill(-0.0), 0, spec(2)).w).all()
 
 
-def test_alike_built_layers_trace_their_forward_pass_and_constructor_once(monkeypatch):
+def count_linear_calls(monkeypatch) -> list:
+    """The input shapes of every run of `eqx.nn.Linear.__call__` (once per trace)."""
     calls = []
     forward = eqx.nn.Linear.__call__
 
@@ -145,6 +146,11 @@ def test_alike_built_layers_trace_their_forward_pass_and_constructor_once(monkey
         return forward(self, x, key=key)
 
     monkeypatch.setattr(eqx.nn.Linear, "__call__", counted)
+    return calls
+
+
+def test_alike_built_layers_trace_their_forward_pass_and_constructor_once(monkeypatch):
+    calls = count_linear_calls(monkeypatch)
     builds = []
     build = eqx.nn.Linear.__init__
 
@@ -197,14 +203,7 @@ def test_a_built_mlp_keeps_the_activations_it_was_given():
 
 
 def test_clear_caches_also_forgets_the_kept_layer_traces(monkeypatch):
-    calls = []
-    forward = eqx.nn.Linear.__call__
-
-    def counted(self, x, *, key=None):
-        calls.append(x.shape)
-        return forward(self, x, key=key)
-
-    monkeypatch.setattr(eqx.nn.Linear, "__call__", counted)
+    calls = count_linear_calls(monkeypatch)
     stack = [lm.nn.Linear(11) for _ in range(3)]
     run = lambda layers, x: [x := layer(x) for layer in layers][-1]  # noqa: E731
     lm.init(stack, 0, spec(11), method=run)
