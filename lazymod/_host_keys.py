@@ -15,9 +15,10 @@ import jax
 import numpy as np
 from jax.extend.random import threefry_prng_impl
 
+from . import _threefry
+from ._threefry import PARITY, ROTATIONS
 
-_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
-_PARITY = 0x1BD11BDA
+
 _MASK = 0xFFFFFFFF
 _FEW = 8  # up to this many counters, hash them one by one in Python
 
@@ -31,33 +32,15 @@ def threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> tuple[np.nd
         pairs = (_threefry_one(k1, k2, a, b) for a, b in zip(x1.tolist(), x2.tolist()))
         first, second = zip(*pairs)
         return np.array(first, np.uint32), np.array(second, np.uint32)
-    return threefry2x32_many(np.uint32(key[0]), np.uint32(key[1]), x1, x2)
-
-
-def threefry2x32_many(
-    k1: np.ndarray | np.integer, k2: np.ndarray | np.integer, x1: np.ndarray, x2: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """`threefry2x32` with a key per counter: the words `k1[i], k2[i]` hash the pair
-    `(x1[i], x2[i])` (all uint32, broadcast together)."""
-    with np.errstate(over="ignore"):
-        ks = (k1, k2, k1 ^ k2 ^ np.uint32(_PARITY))
-        x = [x1 + ks[0], x2 + ks[1]]
-        for i in range(5):
-            for r in _ROTATIONS[i % 2]:
-                x[0] = x[0] + x[1]
-                x[1] = (x[1] << np.uint32(r)) | (x[1] >> np.uint32(32 - r))
-                x[1] = x[0] ^ x[1]
-            x[0] = x[0] + ks[(i + 1) % 3]
-            x[1] = x[1] + ks[(i + 2) % 3] + np.uint32(i + 1)
-    return x[0], x[1]
+    return _threefry.threefry2x32(np.uint32(key[0]), np.uint32(key[1]), x1, x2)
 
 
 def _threefry_one(k1: int, k2: int, x1: int, x2: int) -> tuple[int, int]:
     """`threefry2x32` of one pair of counters, in Python ints (mod 2**32)."""
-    ks = (k1, k2, k1 ^ k2 ^ _PARITY)
+    ks = (k1, k2, k1 ^ k2 ^ PARITY)
     a, b = (x1 + k1) & _MASK, (x2 + k2) & _MASK
     for i in range(5):
-        for r in _ROTATIONS[i % 2]:
+        for r in ROTATIONS[i % 2]:
             a = (a + b) & _MASK
             b = (((b << r) | (b >> (32 - r))) & _MASK) ^ a
         a = (a + ks[(i + 1) % 3]) & _MASK

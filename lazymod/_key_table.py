@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._host_keys import threefry2x32_many
+from ._threefry import threefry2x32
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -104,7 +104,7 @@ class KeyTable:
         if len(constant_rows):
             data[constant_rows] = constants
         for rows, parents, high, low in generations:
-            data[rows, 0], data[rows, 1] = threefry2x32_many(
+            data[rows, 0], data[rows, 1] = threefry2x32(
                 data[parents, 0], data[parents, 1], high, low
             )
         return data

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend.random import threefry2x32_p
+
+from ._threefry import threefry2x32
 
 
 # Programs compute their elements as rows of `_ROW`, which XLA spreads over the cores.
@@ -136,7 +137,7 @@ def _run_nodes(
     for spec in nodes:
         if spec[0] == "bits":
             _, k, width = spec
-            bits1, bits2 = threefry2x32_p.bind(*keys[k], high, low)
+            bits1, bits2 = threefry2x32(*keys[k], high, low)  # unrolled: see _threefry.py
             bits = bits1 ^ bits2
             if width != 32:
                 bits = lax.convert_element_type(bits, np.dtype(f"uint{width}"))

@@ -20,6 +20,7 @@ from lazymod._chunks import (
     SMALL_CHUNK,
 )
 from lazymod._evaluate import evaluate
+from lazymod._threefry import threefry2x32
 
 from .helpers import tree_bit_equal
 
@@ -171,6 +172,17 @@ def test_host_threefry_equals_jax(count):
     key, x1, x2 = (rng.integers(0, 2**32, n, dtype=np.uint32) for n in (2, count, count))
     expected = threefry2x32_p.bind(key[0], key[1], x1, x2)
     assert tree_bit_equal(_host_keys.threefry2x32(key, x1, x2), tuple(expected))
+
+
+def test_unrolled_threefry_in_a_program_equals_jax():
+    # The programs hash with lazymod's unrolled threefry, not the primitive (whose CPU
+    # lowering is a slow rolled loop): jitted, with 0-d or per-element key words, it
+    # must give the primitive's bits.
+    rng = np.random.default_rng(0)
+    x1, x2 = (rng.integers(0, 2**32, (4, 1000), dtype=np.uint32) for _ in range(2))
+    for k1, k2 in [rng.integers(0, 2**32, 2, dtype=np.uint32), (x2[::-1], x1[::-1])]:
+        ours = jax.jit(threefry2x32)(k1, k2, x1, x2)
+        assert tree_bit_equal(ours, tuple(threefry2x32_p.bind(k1, k2, x1, x2)))
 
 
 def test_small_values_computed_side_by_side_equal_jax():
