@@ -78,6 +78,15 @@ def is_threefry_keys(x: Any) -> bool:
     )
 
 
+def key_of_seed(seed: int) -> jax.Array:
+    """`jax.random.key(seed)`, made without JAX's seeding program: compiling it costs
+    about 50 ms in a fresh process. For the default threefry and a seed in
+    `[0, 2**31)`, the key's data is `[0, seed]`; any other seed goes to JAX."""
+    if jax.config.jax_default_prng_impl == "threefry2x32" and 0 <= seed < 2**31:
+        return jax.random.wrap_key_data(np.array([0, seed], np.uint32), impl="threefry2x32")
+    return jax.random.key(seed)
+
+
 def from_array(x: Any) -> HostKeys | None:
     """`x` as `HostKeys` if it is a concrete array of threefry keys."""
     if is_threefry_keys(x) and not isinstance(x, jax.core.Tracer):

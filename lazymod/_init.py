@@ -24,6 +24,7 @@ from ._cache import keep, known_complete, lookup, mark_complete, trace_key
 from ._collection import collection_paused
 from ._context import at_top_level, Capture
 from ._errors import InitError
+from ._host_keys import key_of_seed
 from ._inputs import check_specs, note_likely_causes, resolve_method
 from ._keys import normalize_keys
 from ._paths import display_path
@@ -353,7 +354,7 @@ def initialize(
 @functools.cache
 def _shapes_key() -> jax.Array:
     """The key of an init that computes nothing (its trace alone gives the shapes)."""
-    return jax.random.key(0)
+    return key_of_seed(0)
 
 
 @functools.cache

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
+from ._host_keys import key_of_seed
 from ._paths import KeyPath, path_hash
 
 
@@ -38,7 +39,7 @@ def normalize_keys(key: Any) -> dict[str, PRNGKeyArray]:
 def _one_key(key: Any, where: str) -> PRNGKeyArray:
     if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
         try:
-            return jax.random.key(int(key))
+            return key_of_seed(int(key))
         except OverflowError:
             raise ValueError(
                 f"lazymod.init: {where} is the int seed {int(key)}, which does not fit in "

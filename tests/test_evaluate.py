@@ -174,6 +174,14 @@ def test_host_threefry_equals_jax(count):
     assert tree_bit_equal(_host_keys.threefry2x32(key, x1, x2), tuple(expected))
 
 
+@pytest.mark.parametrize("seed", [0, 1, 42, 2**31 - 1, 2**31, 2**40, -1])
+def test_key_of_seed_equals_jax(seed):
+    # Made in NumPy for the usual seeds, by JAX for the others: the same key either way.
+    key = _host_keys.key_of_seed(seed)
+    assert key.dtype == jax.random.key(seed).dtype
+    assert tree_bit_equal(jax.random.key_data(key), jax.random.key_data(jax.random.key(seed)))
+
+
 def test_unrolled_threefry_in_a_program_equals_jax():
     # The programs hash with lazymod's unrolled threefry, not the primitive (whose CPU
     # lowering is a slow rolled loop): jitted, with 0-d or per-element key words, it
