@@ -2,6 +2,8 @@
 inputs): the forward pass runs once, the values are those of a fresh trace bit for
 bit, and anything the trace could see that differs makes a new trace."""
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -188,6 +190,66 @@ def test_alike_built_layers_trace_their_forward_pass_and_constructor_once(monkey
     data_dependent = lm.init(Branching(), 0, real)
     assert len(calls) == 12  # every layer runs, on values
     assert tree_bit_equal(built.layers, data_dependent.layers)  # the same values either way
+
+
+class ReadsValues(lm.Module):
+    """Reads its input's value, so that init is data-dependent: every layer is built
+    by its Equinox constructor and run by Equinox's forward pass."""
+
+    mlp: lm.nn.MLP
+
+    def __call__(self, x):
+        assert float(jnp.sum(x)) > -1e9
+        return self.mlp(x)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, shape",
+    [
+        ((3, 8, 2), {}, (5,)),
+        ((3, 8, 1), {"use_bias": False, "use_final_bias": False}, (5,)),
+        (("scalar", 8, 3), {}, ()),
+        ((3, 8, 2), {"dtype": jnp.float16}, (5,)),
+        ((3, 8, 2), {"activation": jnp.tanh, "final_activation": jax.nn.sigmoid}, (5,)),
+        ((3, 8, 2), {"activation": eqx.nn.PReLU()}, (5,)),  # an activation with arrays
+        ((3, 8, 0), {}, (5,)),
+    ],
+)
+def test_a_staged_mlp_is_the_mlp_equinox_builds_and_runs(monkeypatch, args, kwargs, shape):
+    # From shapes, lm.nn.MLP builds its Linears with kept constructor traces and runs
+    # each layer and activation as a kept call; from values, Equinox does it all. The
+    # same tree, the same values, the same output.
+    calls = count_linear_calls(monkeypatch)
+    run = lambda m, x: m.mlp(x)  # noqa: E731
+    x = jnp.linspace(-1.0, 1.0, math.prod(shape)).reshape(shape)
+    staged = lm.init(ReadsValues(lm.nn.MLP(*args, **kwargs)), 0, spec(*shape), method=run).mlp
+    staged_calls = len(calls)
+    by_equinox = lm.init(ReadsValues(lm.nn.MLP(*args, **kwargs)), 0, x).mlp
+    assert len(calls) - staged_calls == len(by_equinox.layers)  # Equinox ran every layer
+    assert type(staged) is eqx.nn.MLP
+    assert jax.tree.structure(staged) == jax.tree.structure(by_equinox)
+    assert tree_bit_equal(staged, by_equinox)
+    assert eqx.tree_equal(
+        eqx.filter(staged, eqx.is_array, inverse=True),
+        eqx.filter(by_equinox, eqx.is_array, inverse=True),
+    )
+    assert tree_bit_equal(staged(x), by_equinox(x))
+
+
+def test_a_deep_staged_mlp_traces_three_linear_constructors(monkeypatch):
+    builds = []
+    build = eqx.nn.Linear.__init__
+
+    def counted_build(self, *args, **kwargs):
+        builds.append(args[:2])
+        build(self, *args, **kwargs)
+
+    monkeypatch.setattr(eqx.nn.Linear, "__init__", counted_build)
+    calls = count_linear_calls(monkeypatch)
+    mlp = lm.init(lm.nn.MLP(3, 19, 30), 0, spec(7))  # widths no other test uses
+    assert len(mlp.layers) == 31
+    assert builds == [(7, 19), (19, 19), (19, 3)]  # one per kind of layer
+    assert calls == [(7,), (19,), (19,)]  # (the output layer's is another kind, too)
 
 
 def test_a_built_mlp_keeps_the_activations_it_was_given():

@@ -1,13 +1,15 @@
-import functools
+import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
 import equinox as eqx
 import jax
+from equinox import filter_vmap
 from jaxtyping import Array, PRNGKeyArray
 
-from .._running import next_key, staged_init
+from .._kept_calls import call_kept
+from .._running import next_key, run_built, staged_init
 from ._lazy import check_sizes, LazyLayer
 
 
@@ -83,8 +85,11 @@ class MLP(LazyLayer):
     def _build(self, x: Array) -> eqx.nn.MLP:
         if x.ndim > 1:
             raise self._bad_input("a vector of shape (in_size,) or a scalar", x)
+        in_size = "scalar" if x.ndim == 0 else x.shape[0]
+        if staged_init() and not self.scan and self.depth > 0 and _MLP_FIELDS == _ASSEMBLED:
+            return self._build_from_kept_linears(in_size)
         return eqx.nn.MLP(
-            "scalar" if x.ndim == 0 else x.shape[0],
+            in_size,
             self.out_size,
             self.width_size,
             self.depth,
@@ -97,38 +102,107 @@ class MLP(LazyLayer):
             key=next_key(),
         )
 
+    def _build_from_kept_linears(self, in_size: int | Literal["scalar"]) -> eqx.nn.MLP:
+        """What `eqx.nn.MLP(...)` builds, bit for bit, at a staged init: the same keys
+        and layers, but each `eqx.nn.Linear` built by a kept trace of its constructor
+        (`_kept_calls.py`), so a 1000-layer MLP traces three constructors, not 1001.
+        The fields are set as Equinox's `__init__` sets them."""
+        keys = jax.random.split(next_key(), self.depth + 1)
+        width = self.width_size
+        sizes = [
+            (in_size, width, self.use_bias),
+            *[(width, width, self.use_bias)] * (self.depth - 1),
+            (width, self.out_size, self.use_final_bias),
+        ]
+        layers = tuple(
+            call_kept(_linear, n_in, n_out, bias, self.dtype, keys[i])
+            for i, (n_in, n_out, bias) in enumerate(sizes)
+        )
+        # As Equinox's `__init__`: a copy of a learnt activation per neuron and layer.
+        activation = filter_vmap(
+            filter_vmap(lambda: self.activation, axis_size=width), axis_size=self.depth
+        )()
+        final_activation = self.final_activation
+        if self.out_size != "scalar":
+            final_activation = filter_vmap(lambda: final_activation, axis_size=self.out_size)()
+        mlp = object.__new__(eqx.nn.MLP)
+        fields = dict(
+            layers=layers,
+            activation=activation,
+            final_activation=final_activation,
+            use_bias=self.use_bias,
+            use_final_bias=self.use_final_bias,
+            in_size=in_size,
+            out_size=self.out_size,
+            width_size=width,
+            depth=self.depth,
+            scan=False,
+        )
+        for name, value in fields.items():
+            object.__setattr__(mlp, name, value)
+        return mlp
+
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
         """As `equinox.nn.MLP.__call__`: `x` of shape `(in_size,)`, or a scalar."""
-        # Not `run_built`: called under `jax.vmap`, a kept trace is batched once more,
-        # which for a deep MLP (usually called once) costs more than it saves.
         layer = self._layer_for(x)
-        if staged_init():
-            layer = _with_kept_activations(layer)
+        if staged_init() and not layer.scan and layer.depth > 0 and self._plain_activations():
+            return _staged_forward(layer, x, self.activation, self.final_activation)
         return layer(x, key=key)
 
-
-@functools.lru_cache(maxsize=64)  # activations by identity: a few per process
-def _kept(activation: Callable[..., Any]) -> Callable[..., Any]:
-    return jax.jit(activation)
+    def _plain_activations(self) -> bool:
+        return _is_plain_function(self.activation) and _is_plain_function(self.final_activation)
 
 
-def _with_kept_activations(mlp: eqx.nn.MLP) -> eqx.nn.MLP:
-    """`mlp` for Equinox's forward pass at a staged init: with each activation that is
-    a plain function jitted, so that its trace (a `jax.custom_jvp`'s, for ReLU) is made
-    once and kept, not made again under each hidden layer's `vmap`. The same
-    computation; the built MLP keeps the functions it was given."""
-    names = [
-        name
-        for name in ("activation", "final_activation")
-        if _is_plain_function(getattr(mlp, name))
-    ]
-    if not names:
-        return mlp
-    return eqx.tree_at(
-        lambda m: [getattr(m, name) for name in names],
-        mlp,
-        [_kept(getattr(mlp, name)) for name in names],
-    )
+# The fields `_build_from_kept_linears` sets; another Equinox's MLP is built by Equinox.
+_ASSEMBLED = {
+    "layers",
+    "activation",
+    "final_activation",
+    "use_bias",
+    "use_final_bias",
+    "in_size",
+    "out_size",
+    "width_size",
+    "depth",
+    "scan",
+}
+_MLP_FIELDS = {field.name for field in dataclasses.fields(eqx.nn.MLP)}
+
+
+def _linear(
+    in_size: int | Literal["scalar"],
+    out_size: int | Literal["scalar"],
+    use_bias: bool,
+    dtype: Any,
+    key: PRNGKeyArray,
+) -> eqx.nn.Linear:
+    return eqx.nn.Linear(in_size, out_size, use_bias, dtype=dtype, key=key)
+
+
+def _staged_forward(
+    mlp: eqx.nn.MLP,
+    x: Array,
+    activation: Callable[..., Any],
+    final_activation: Callable[..., Any],
+) -> Array:
+    """`mlp(x)` at a staged init, for plain-function activations: Equinox's
+    computation (each layer, then its activation vmapped over the neurons), with each
+    layer and each activation one kept call (`_kept_calls.py`). A deep MLP then
+    traces each kind of layer and activation once, not a `filter_vmap` per layer."""
+    for layer in mlp.layers[:-1]:
+        x = call_kept(_per_neuron, activation, run_built(layer, x))
+    x = run_built(mlp.layers[-1], x)
+    if mlp.out_size == "scalar":
+        return call_kept(_applied, final_activation, x)
+    return call_kept(_per_neuron, final_activation, x)
+
+
+def _per_neuron(activation: Callable[..., Any], x: Array) -> Array:
+    return jax.vmap(activation)(x)  # Equinox's `filter_vmap(lambda a, b: a(b))(activation, x)`
+
+
+def _applied(activation: Callable[..., Any], x: Array) -> Array:
+    return activation(x)
 
 
 def _is_plain_function(x: Any) -> bool:
