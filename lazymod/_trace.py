@@ -256,7 +256,7 @@ def _run_initializer(
 def _run_rng_init(module: Any, path: KeyPath, context: InitContext) -> None:
     with context.running(path):
         try:
-            module.rng_init()
+            type(module).rng_init(module)  # not a BoundMethod: see nn/_lazy.py
         except (InitError, UninitializedError):
             raise
         except Exception as error:

@@ -108,7 +108,7 @@ def init_result(tree: Any) -> Any:
             return lazy()
         if not _replaced(node):
             return node
-        out = node._init_result()
+        out = type(node)._init_result(node)  # not a BoundMethod: see nn/_lazy.py
         if out is not node:
             return init_result(out)
         return jtu.tree_map(replace, node, is_leaf=lambda x: x is not node and _replaced(x))

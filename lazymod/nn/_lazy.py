@@ -90,7 +90,10 @@ class LazyLayer(Partitioned):
     def _layer_for(self, *args: Any, **kwargs: Any) -> Any:
         """The Equinox layer: built from the inputs' shapes while init runs this layer
         (in init's own trace, so also inside a `jax.lax.scan` of the forward pass)."""
-        if self.initializing() and is_sentinel(self.layer):
+        # `type(self).method(self)`: a method read from a module is an Equinox
+        # `BoundMethod`, a pytree made at every access (about 16 us); init calls these
+        # once or more per layer.
+        if is_sentinel(self.layer) and type(self).initializing(self):
             first = args[0] if args else None
             shape = getattr(first, "shape", None)
             if shape is None or not hasattr(first, "dtype"):
@@ -171,7 +174,7 @@ def _build_traced_once(layer: LazyLayer, args: tuple[Any, ...], kwargs: dict[str
     a thousand alike layers pay for one trace of the Equinox constructor, not a
     thousand, and their values are the same bit for bit."""
     if not staged_init():
-        return layer._build(*args, **kwargs)
+        return type(layer)._build(layer, *args, **kwargs)
     plain = copy_module(layer)  # without its tag (the path of this layer in the tree)
     object.__setattr__(plain, "layer", lazy())
     found = kind_of(_build_with_keys, (plain, args, kwargs))
@@ -180,7 +183,7 @@ def _build_traced_once(layer: LazyLayer, args: tuple[Any, ...], kwargs: dict[str
         streams = None if kind is None else _streams.get(kind)
     if streams is None:
         with keys_drawn() as drawn:
-            built = layer._build(*args, **kwargs)
+            built = type(layer)._build(layer, *args, **kwargs)
         if kind is not None:
             with _streams_lock:
                 _streams[kind] = tuple(drawn)
@@ -207,4 +210,4 @@ def _build_with_keys(
 ) -> Any:
     args, kwargs = jtu.tree_map(_array_of, (args, kwargs))  # arrays of this trace
     with keys_supplied(keys):
-        return layer._build(*args, **kwargs)
+        return type(layer)._build(layer, *args, **kwargs)

@@ -145,12 +145,10 @@ class MLP(LazyLayer):
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
         """As `equinox.nn.MLP.__call__`: `x` of shape `(in_size,)`, or a scalar."""
         layer = self._layer_for(x)
-        if staged_init() and not layer.scan and layer.depth > 0 and self._plain_activations():
+        plain = _is_plain_function(self.activation) and _is_plain_function(self.final_activation)
+        if staged_init() and not layer.scan and layer.depth > 0 and plain:
             return _staged_forward(layer, x, self.activation, self.final_activation)
         return layer(x, key=key)
-
-    def _plain_activations(self) -> bool:
-        return _is_plain_function(self.activation) and _is_plain_function(self.final_activation)
 
 
 # The fields `_build_from_kept_linears` sets; another Equinox's MLP is built by Equinox.
