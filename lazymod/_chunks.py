@@ -1,7 +1,7 @@
 """Computing symbolic values in chunks, with one compiled program per structure.
 
 Run op by op, JAX compiles every random sampler and every elementwise op once for each
-new shape (about half a second per parameter shape on a CPU); jit-compiling the whole
+new shape (about a tenth of a second per parameter shape on a CPU); jit-compiling the whole
 construction instead costs minutes for deep models. A `Symbolic` value, built only from
 threefry bits, scalars and elementwise ops, is computed here in fixed-size chunks of its
 flattened form by one compiled program per *structure* (`_programs.py`; say, "uniform in [a, b)"),
@@ -28,8 +28,8 @@ from ._programs import packed_program, program
 
 
 # Chunk sizes (elements): small values use the small one, so a 32-wide layer does not
-# pay for 2**18 random numbers. On a CPU, XLA computes threefry bits about 25% faster
-# per element in calls of 2**19 or more than of 2**18, and a value computed in one
+# pay for 2**18 random numbers. On a 2-core CPU, XLA computes threefry bits about twice
+# as fast per element in calls of 2**20 as in calls of 2**18, and a value computed in one
 # call is not assembled in host memory (a copy and a second allocation of the value:
 # a third of a later init of a 7-layer MLP of width 1024). So larger values use the
 # large chunk (a 1024x1024 weight in one call) unless it would compute more elements
