@@ -9,7 +9,7 @@ from equinox import filter_vmap
 from jaxtyping import Array, PRNGKeyArray
 
 from .._kept_calls import call_kept
-from .._running import next_key, run_built, staged_init
+from .._running import next_key, staged_init
 from ._lazy import check_sizes, LazyLayer
 
 
@@ -184,23 +184,24 @@ def _staged_forward(
     final_activation: Callable[..., Any],
 ) -> Array:
     """`mlp(x)` at a staged init, for plain-function activations: Equinox's
-    computation (each layer, then its activation vmapped over the neurons), with each
-    layer and each activation one kept call (`_kept_calls.py`). A deep MLP then
-    traces each kind of layer and activation once, not a `filter_vmap` per layer."""
+    computation (each layer, then its activation vmapped over the neurons), each layer
+    with its activation one kept call (`_kept_calls.py`). A deep MLP then traces each
+    kind of layer once, not a `filter_vmap` per layer."""
     for layer in mlp.layers[:-1]:
-        x = call_kept(_per_neuron, activation, run_built(layer, x))
-    x = run_built(mlp.layers[-1], x)
-    if mlp.out_size == "scalar":
-        return call_kept(_applied, final_activation, x)
-    return call_kept(_per_neuron, final_activation, x)
+        x = call_kept(_layer_per_neuron, layer, activation, x)
+    scalar = mlp.out_size == "scalar"
+    return call_kept(
+        _layer_applied if scalar else _layer_per_neuron, mlp.layers[-1], final_activation, x
+    )
 
 
-def _per_neuron(activation: Callable[..., Any], x: Array) -> Array:
-    return jax.vmap(activation)(x)  # Equinox's `filter_vmap(lambda a, b: a(b))(activation, x)`
+def _layer_per_neuron(layer: eqx.nn.Linear, activation: Callable[..., Any], x: Array) -> Array:
+    # Equinox's `filter_vmap(lambda a, b: a(b))(activation, layer(x))`.
+    return jax.vmap(activation)(layer(x))
 
 
-def _applied(activation: Callable[..., Any], x: Array) -> Array:
-    return activation(x)
+def _layer_applied(layer: eqx.nn.Linear, activation: Callable[..., Any], x: Array) -> Array:
+    return activation(layer(x))
 
 
 def _is_plain_function(x: Any) -> bool:
