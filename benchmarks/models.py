@@ -183,13 +183,16 @@ class EquinoxCNN(eqx.Module):
     __call__ = cnn_forward
 
 
+def cnn_batched(model, x, state):
+    """The CNN on a batch, BatchNorm's statistics over the axis "batch". A function
+    defined once: a later init with the same method reuses the first one's trace (a
+    function made anew for each init is another method, traced again)."""
+    return jax.vmap(model, (0, None), (0, None), axis_name="batch")(x, state)
+
+
 def lazymod_cnn(key, batch: int):
     spec = jax.ShapeDtypeStruct((batch, *CNN_INPUT), jnp.float32)
-
-    def forward(model, x, state):
-        return jax.vmap(model, (0, None), (0, None), axis_name="batch")(x, state)
-
-    return lm.init_with_state(LazyCNN(), key, spec, method=forward)
+    return lm.init_with_state(LazyCNN(), key, spec, method=cnn_batched)
 
 
 def equinox_cnn(key, batch: int):
