@@ -151,7 +151,8 @@ class MLP(LazyLayer):
         return layer(x, key=key)
 
 
-# The fields `_build_from_kept_linears` sets; another Equinox's MLP is built by Equinox.
+# The fields `_build_from_kept_linears` sets. An `eqx.nn.MLP` with other fields (another
+# Equinox version) is built by its own `__init__`.
 _ASSEMBLED = {
     "layers",
     "activation",
