@@ -151,16 +151,22 @@ def count_linear_calls(monkeypatch) -> list:
     return calls
 
 
-def test_alike_built_layers_trace_their_forward_pass_and_constructor_once(monkeypatch):
-    calls = count_linear_calls(monkeypatch)
+def count_linear_builds(monkeypatch) -> list:
+    """The sizes of every run of `eqx.nn.Linear.__init__` (once per trace)."""
     builds = []
     build = eqx.nn.Linear.__init__
 
-    def counted_build(self, *args, **kwargs):
+    def counted(self, *args, **kwargs):
         builds.append(args[:2])
         build(self, *args, **kwargs)
 
-    monkeypatch.setattr(eqx.nn.Linear, "__init__", counted_build)
+    monkeypatch.setattr(eqx.nn.Linear, "__init__", counted)
+    return builds
+
+
+def test_alike_built_layers_trace_their_forward_pass_and_constructor_once(monkeypatch):
+    calls = count_linear_calls(monkeypatch)
+    builds = count_linear_builds(monkeypatch)
 
     class Stack(lm.Module):
         layers: list
@@ -237,14 +243,7 @@ def test_a_staged_mlp_is_the_mlp_equinox_builds_and_runs(monkeypatch, args, kwar
 
 
 def test_a_deep_staged_mlp_traces_three_linear_constructors(monkeypatch):
-    builds = []
-    build = eqx.nn.Linear.__init__
-
-    def counted_build(self, *args, **kwargs):
-        builds.append(args[:2])
-        build(self, *args, **kwargs)
-
-    monkeypatch.setattr(eqx.nn.Linear, "__init__", counted_build)
+    builds = count_linear_builds(monkeypatch)
     calls = count_linear_calls(monkeypatch)
     mlp = lm.init(lm.nn.MLP(3, 19, 30), 0, spec(7))  # widths no other test uses
     assert len(mlp.layers) == 31
