@@ -30,6 +30,7 @@ from ._errors import (
     UninitializedError,
 )
 from ._keys import derive_key
+from ._methods import call_method
 from ._paths import display_path, KeyPath
 from ._running import active
 from ._sentinels import default_sentinels_with_paths, Initializer, is_sentinel
@@ -256,7 +257,7 @@ def _run_initializer(
 def _run_rng_init(module: Any, path: KeyPath, context: InitContext) -> None:
     with context.running(path):
         try:
-            type(module).rng_init(module)  # not a BoundMethod: see nn/_lazy.py
+            call_method(module, "rng_init")
         except (InitError, UninitializedError):
             raise
         except Exception as error:

@@ -9,6 +9,7 @@ import equinox as eqx
 import jax.tree_util as jtu
 
 from ._errors import InitError
+from ._methods import call_method
 from ._paths import display_path, KeyPath
 from ._sentinels import is_sentinel, lazy, sentinels_with_paths, TaggedPlaceholder
 
@@ -108,7 +109,7 @@ def init_result(tree: Any) -> Any:
             return lazy()
         if not _replaced(node):
             return node
-        out = type(node)._init_result(node)  # not a BoundMethod: see nn/_lazy.py
+        out = call_method(node, "_init_result")
         if out is not node:
             return init_result(out)
         return jtu.tree_map(replace, node, is_leaf=lambda x: x is not node and _replaced(x))

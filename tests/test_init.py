@@ -498,6 +498,25 @@ def test_rng_init_runs_children_before_parents():
     assert order == ["left", "right", "parent"]
 
 
+def test_rng_init_may_be_a_staticmethod_or_a_classmethod():
+    # Init calls rng_init through the class when it is a plain function; any other
+    # kind of method is called as the module would call it.
+    calls = []
+
+    class Static(lm.Module):
+        @staticmethod
+        def rng_init():
+            calls.append("static")
+
+    class Class(lm.Module):
+        @classmethod
+        def rng_init(cls):
+            calls.append(cls.__name__)
+
+    lm.init([Static(), Class()], 0)
+    assert calls == ["static", "Class"]
+
+
 def test_rng_init_errors_name_the_module():
     class Broken(lm.Module):
         def rng_init(self):

@@ -15,6 +15,7 @@ import numpy as np
 
 from .._errors import InitError, InitTypeError, InitValueError
 from .._kept_calls import call_kept, kind_of, on_forget
+from .._methods import call_method
 from .._module import Module, untracked
 from .._running import (
     describe,
@@ -90,10 +91,7 @@ class LazyLayer(Partitioned):
     def _layer_for(self, *args: Any, **kwargs: Any) -> Any:
         """The Equinox layer: built from the inputs' shapes while init runs this layer
         (in init's own trace, so also inside a `jax.lax.scan` of the forward pass)."""
-        # `type(self).method(self)`: a method read from a module is an Equinox
-        # `BoundMethod`, a pytree made at every access (about 16 us); init calls these
-        # once or more per layer.
-        if is_sentinel(self.layer) and type(self).initializing(self):
+        if is_sentinel(self.layer) and call_method(self, "initializing"):
             first = args[0] if args else None
             shape = getattr(first, "shape", None)
             if shape is None or not hasattr(first, "dtype"):
@@ -174,7 +172,7 @@ def _build_traced_once(layer: LazyLayer, args: tuple[Any, ...], kwargs: dict[str
     a thousand alike layers pay for one trace of the Equinox constructor, not a
     thousand, and their values are the same bit for bit."""
     if not staged_init():
-        return type(layer)._build(layer, *args, **kwargs)
+        return call_method(layer, "_build", *args, **kwargs)
     plain = copy_module(layer)  # without its tag (the path of this layer in the tree)
     object.__setattr__(plain, "layer", lazy())
     found = kind_of(_build_with_keys, (plain, args, kwargs))
@@ -183,7 +181,7 @@ def _build_traced_once(layer: LazyLayer, args: tuple[Any, ...], kwargs: dict[str
         streams = None if kind is None else _streams.get(kind)
     if streams is None:
         with keys_drawn() as drawn:
-            built = type(layer)._build(layer, *args, **kwargs)
+            built = call_method(layer, "_build", *args, **kwargs)
         if kind is not None:
             with _streams_lock:
                 _streams[kind] = tuple(drawn)
@@ -210,4 +208,4 @@ def _build_with_keys(
 ) -> Any:
     args, kwargs = jtu.tree_map(_array_of, (args, kwargs))  # arrays of this trace
     with keys_supplied(keys):
-        return type(layer)._build(layer, *args, **kwargs)
+        return call_method(layer, "_build", *args, **kwargs)
