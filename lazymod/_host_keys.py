@@ -15,15 +15,14 @@ import jax
 import numpy as np
 from jax.extend.random import threefry_prng_impl
 
-from . import _threefry
-from ._threefry import PARITY, ROTATIONS
+from ._threefry import PARITY, ROTATIONS, threefry2x32
 
 
 _MASK = 0xFFFFFFFF
 _FEW = 8  # up to this many counters, hash them one by one in Python
 
 
-def threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def hash_counters(key: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The Threefry-2x32 hash of the counters `(x1, x2)` under `key` (uint32[2]),
     bit for bit as `jax.extend.random.threefry2x32_p` computes it."""
     x1, x2 = np.array(x1, np.uint32, ndmin=1), np.array(x2, np.uint32, ndmin=1)
@@ -32,11 +31,11 @@ def threefry2x32(key: np.ndarray, x1: np.ndarray, x2: np.ndarray) -> tuple[np.nd
         pairs = (_threefry_one(k1, k2, a, b) for a, b in zip(x1.tolist(), x2.tolist()))
         first, second = zip(*pairs)
         return np.array(first, np.uint32), np.array(second, np.uint32)
-    return _threefry.threefry2x32(np.uint32(key[0]), np.uint32(key[1]), x1, x2)
+    return threefry2x32(np.uint32(key[0]), np.uint32(key[1]), x1, x2)
 
 
 def _threefry_one(k1: int, k2: int, x1: int, x2: int) -> tuple[int, int]:
-    """`threefry2x32` of one pair of counters, in Python ints (mod 2**32)."""
+    """`hash_counters` of one pair of counters, in Python ints (mod 2**32)."""
     ks = (k1, k2, k1 ^ k2 ^ PARITY)
     a, b = (x1 + k1) & _MASK, (x2 + k2) & _MASK
     for i in range(5):
@@ -113,14 +112,14 @@ def apply(name: str, params: dict[str, Any], ins: list[Any]) -> Any:
         shape = tuple(params["shape"])
         index = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.uint64)
         high = (index >> np.uint64(32)).astype(np.uint32)
-        bits1, bits2 = threefry2x32(data, high, index.astype(np.uint32))
+        bits1, bits2 = hash_counters(data, high, index.astype(np.uint32))
         return HostKeys(np.stack([bits1, bits2], axis=-1).reshape(*shape, 2), keys.dtype)
     if name == "random_fold_in" and keys.shape == ():
         message = ins[1]
         if isinstance(message, jax.core.Tracer) or np.size(message) != 1:
             return None
         word = np.asarray(message).astype(np.uint32).reshape(1)
-        bits1, bits2 = threefry2x32(data, np.zeros(1, np.uint32), word)
+        bits1, bits2 = hash_counters(data, np.zeros(1, np.uint32), word)
         return HostKeys(np.concatenate([bits1, bits2]), keys.dtype)
     if name == "random_unwrap":
         return data
