@@ -100,8 +100,9 @@ def block_program(
         key_words = [(key[0], key[1]) for key in keys]
         # JAX's own threefry here: the indices come from integer divisions by the
         # block's dims, which LLVM cannot vectorize, and fused with the unrolled hash
-        # they would make the whole loop scalar (5.6 ms instead of 3.5 ms per 2**20
-        # elements). The primitive's CPU loop keeps them apart. The same bits.
+        # they would make the whole loop scalar (4.7 ms instead of 2.2 ms per 2**20
+        # elements, `python -m benchmarks.programs`). The primitive's CPU loop keeps
+        # them apart. The same bits.
         out = _run_nodes(
             nodes, shape, jnp.zeros_like(flat), flat, key_words, scalars, [], _primitive_hash
         )
@@ -167,5 +168,6 @@ def _run_nodes(
 
 
 def _primitive_hash(k1: Any, k2: Any, x1: jax.Array, x2: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Threefry-2x32 by JAX's primitive (on CPU, its rolled loop)."""
     bits1, bits2 = threefry2x32_p.bind(k1, k2, x1, x2)
     return bits1, bits2

@@ -86,7 +86,7 @@ class MLP(LazyLayer):
         if x.ndim > 1:
             raise self._bad_input("a vector of shape (in_size,) or a scalar", x)
         in_size = "scalar" if x.ndim == 0 else x.shape[0]
-        if staged_init() and not self.scan and self.depth > 0 and _MLP_FIELDS == _ASSEMBLED:
+        if staged_init() and not self.scan and self.depth > 0 and _ASSEMBLES_AS_EQUINOX:
             return self._build_from_kept_linears(in_size)
         return eqx.nn.MLP(
             in_size,
@@ -151,8 +151,8 @@ class MLP(LazyLayer):
         return layer(x, key=key)
 
 
-# The fields `_build_from_kept_linears` sets. An `eqx.nn.MLP` with other fields (another
-# Equinox version) is built by its own `__init__`.
+# The fields `_build_from_kept_linears` sets. An `eqx.nn.MLP` with other fields, a field
+# converter or a `__check_init__` (another Equinox version) is built by its own `__init__`.
 _ASSEMBLED = {
     "layers",
     "activation",
@@ -165,7 +165,11 @@ _ASSEMBLED = {
     "depth",
     "scan",
 }
-_MLP_FIELDS = {field.name for field in dataclasses.fields(eqx.nn.MLP)}
+_ASSEMBLES_AS_EQUINOX = (
+    {field.name for field in dataclasses.fields(eqx.nn.MLP)} == _ASSEMBLED
+    and not any("converter" in field.metadata for field in dataclasses.fields(eqx.nn.MLP))
+    and not hasattr(eqx.nn.MLP, "__check_init__")
+)
 
 
 def _linear(
@@ -175,6 +179,7 @@ def _linear(
     dtype: Any,
     key: PRNGKeyArray,
 ) -> eqx.nn.Linear:
+    """One of the MLP's layers, as Equinox's `MLP.__init__` builds it."""
     return eqx.nn.Linear(in_size, out_size, use_bias, dtype=dtype, key=key)
 
 
@@ -197,11 +202,13 @@ def _staged_forward(
 
 
 def _layer_per_neuron(layer: eqx.nn.Linear, activation: Callable[..., Any], x: Array) -> Array:
-    # Equinox's `filter_vmap(lambda a, b: a(b))(activation, layer(x))`.
+    """A layer, then its activation on each neuron: Equinox's
+    `filter_vmap(lambda a, b: a(b))(activation, layer(x))` for a plain function."""
     return jax.vmap(activation)(layer(x))
 
 
 def _layer_applied(layer: eqx.nn.Linear, activation: Callable[..., Any], x: Array) -> Array:
+    """The output layer of a scalar MLP, then its activation (as Equinox applies it)."""
     return activation(layer(x))
 
 
