@@ -5,10 +5,10 @@ compiled programs that compute values (`_programs.py`) alike.
 Inside a program it replaces `jax.extend.random.threefry2x32_p`, whose CPU lowering is a
 rolled `fori_loop`: XLA cannot fuse a loop with the operations around it, so every
 round's intermediates go through memory. Unrolled, the hash and the sampler around it
-are one fused loop over the elements. Measured on a 2-core CPU, for a program drawing
-2**20 uniform floats: 40 ms to compile instead of 116 ms, and 0.75 ms to run instead of
-1.40 ms. The bits are the same (`tests/test_evaluate.py` checks them against the
-primitive).
+are one fused loop over the elements. For a program drawing 2**20 uniform floats on
+the benchmarks' 2-core CPU (`python -m benchmarks.programs`): 39 ms to compile instead
+of 106 ms, and 0.76 ms to run instead of 1.41 ms. The bits are the same
+(`tests/test_evaluate.py` checks them against the primitive).
 
 ```python
 import numpy as np

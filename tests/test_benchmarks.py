@@ -4,6 +4,7 @@ report is written from results of the worker's format, each case shown once."""
 
 import equinox as eqx
 import jax
+import numpy as np
 import pytest
 
 from benchmarks import __main__ as bench, models, report
@@ -123,3 +124,14 @@ def test_the_sharded_table_puts_the_libraries_side_by_side():
     line = sharded.table(rows).splitlines()[-1]
     assert line == "| c | 4.2 MiB | 2.9 MiB | 700 MiB | 1300 MiB | 1.50 s | 1.20 s |"
     assert [case[3] for case in sharded.CASES] == [1, 2]  # one process, then two
+
+
+@pytest.mark.parametrize("block", [False, True])
+def test_the_program_benchmark_compares_hashes_that_agree(block):
+    # `python -m benchmarks.programs` times both hashes on the same program; they must
+    # draw the same values, or the comparison would be of different work.
+    from benchmarks import programs
+
+    results = programs.measure(2**16, block, runs=1)
+    ours, theirs = (results[name][2] for name in programs.HASHES)
+    assert ours.shape == (2, 2**15) and np.array_equal(ours, theirs)
