@@ -89,11 +89,14 @@ def measure(framework: str, model: str, *, warm: int, batch: int = 1, depth=None
 
 
 def measure_all(runs: list[dict], repeats: int, warm: int, log) -> list[dict]:
-    """Measures every run `repeats` times, interleaved; returns the runs with their
-    medians over processes (`warm`: over every warm init of every process)."""
+    """Measures every run `repeats` times, interleaved, every other repeat in reverse
+    order (so that a machine getting busier or quieter during a repeat does not favour
+    the runs at one end of it); returns the runs with their medians over processes
+    (`warm`: over every warm init of every process)."""
     measured: list[list[dict]] = [[] for _ in runs]
     for repeat in range(repeats):
-        for run, results in zip(runs, measured):
+        order = list(zip(runs, measured))
+        for run, results in order if repeat % 2 == 0 else reversed(order):
             log(f"  [{repeat + 1}/{repeats}] {report.describe(run)}")
             results.append(measure(**run, warm=warm))
     return [
@@ -128,7 +131,7 @@ def main() -> None:
     if options.report_only:
         print(report.write(report.load(Path(options.report_only)), Path(options.out)))
         return
-    repeats, warm = (1, 3) if options.quick else (options.repeats, 5)
+    repeats, warm = (1, 3) if options.quick else (options.repeats, 10)
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
