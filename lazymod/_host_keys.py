@@ -103,6 +103,13 @@ def slice_or_squeeze(name: str, params: dict[str, Any], data: np.ndarray) -> np.
     return data[tuple(slice(*bounds) for bounds in zip(starts, stops, strides))]
 
 
+def split_counters(shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The counters `jax.random.split(key, shape)` hashes (partitionable threefry):
+    key `i` (flat) hashes `(i >> 32, i & 0xFFFFFFFF)`, as uint32 arrays."""
+    index = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.uint64)
+    return (index >> np.uint64(32)).astype(np.uint32), index.astype(np.uint32)
+
+
 def apply(name: str, params: dict[str, Any], ins: list[Any]) -> Any:
     """The output of the key primitive `name` on `ins`, whose first is `HostKeys`, or
     `None` if it is not one computed here."""
@@ -110,9 +117,7 @@ def apply(name: str, params: dict[str, Any], ins: list[Any]) -> Any:
     data = keys.data
     if name == "random_split" and keys.shape == ():
         shape = tuple(params["shape"])
-        index = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.uint64)
-        high = (index >> np.uint64(32)).astype(np.uint32)
-        bits1, bits2 = hash_counters(data, high, index.astype(np.uint32))
+        bits1, bits2 = hash_counters(data, *split_counters(shape))
         return HostKeys(np.stack([bits1, bits2], axis=-1).reshape(*shape, 2), keys.dtype)
     if name == "random_fold_in" and keys.shape == ():
         message = ins[1]

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ._host_keys import split_counters
 from ._threefry import threefry2x32
 
 
@@ -83,11 +84,8 @@ class KeyTable:
         return remap
 
     def split(self, keys: KeySlots, shape: tuple[int, ...]) -> KeySlots:
-        """`jax.random.split` of one key (partitionable threefry): key `i` hashes the
-        counters `(i >> 32, i & 0xFFFFFFFF)`."""
-        index = np.arange(int(np.prod(shape, dtype=np.int64)), dtype=np.uint64)
-        high = (index >> np.uint64(32)).astype(np.uint32)
-        slots = self.derive(int(keys.slots), high, index.astype(np.uint32))
+        """`jax.random.split` of one key (partitionable threefry)."""
+        slots = self.derive(int(keys.slots), *split_counters(shape))
         return KeySlots(slots.reshape(shape), keys.dtype)
 
     def fold_in(self, keys: KeySlots, word: int) -> KeySlots:
