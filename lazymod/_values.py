@@ -111,13 +111,7 @@ def _template(traced: Traced, inputs: list[Any]) -> Any:
     if traced in _templates:
         return _templates[traced]
     _, pruned = _analysis(traced)
-    if (
-        fast_evaluator is None
-        or chosen_evaluator() != "fast"
-        or pruned.jaxpr.effects
-        or not pruned.jaxpr.eqns
-        or not at_top_level()
-    ):
+    if fast_evaluator is None or not _runs_fast(pruned) or not at_top_level():
         return None
     try:
         template = fast_evaluator.record(pruned, pruned.jaxpr.outvars, inputs)
@@ -152,13 +146,19 @@ def evaluate_constants(
     if not jaxpr.eqns:  # every value is already a constant (or a root key)
         env = dict(zip(jaxpr.constvars, pruned.consts)) | dict(zip(jaxpr.invars, inputs))
         return [v.val if isinstance(v, jex_core.Literal) else env[v] for v in outvars]
-    if chosen_evaluator() == "fast" and not pruned.jaxpr.effects:
+    if _runs_fast(pruned):
         if targets and any(t is not None for t in targets) and fast_evaluator is not None:
             return _evaluate_sharded(pruned, outvars, targets, inputs)
         values = _evaluate_fast(pruned, outvars, targets, inputs)
         if values is not None:
             return values
     return jax.core.eval_jaxpr(pruned.jaxpr, pruned.consts, *inputs)
+
+
+def _runs_fast(pruned: jex_core.ClosedJaxpr) -> bool:
+    """Whether the fast evaluator is the one to compute `pruned`: it is chosen, and
+    `pruned` has equations to walk and no effects."""
+    return chosen_evaluator() == "fast" and bool(pruned.jaxpr.eqns) and not pruned.jaxpr.effects
 
 
 def _pruned(closed: jex_core.ClosedJaxpr, outvars: list[Any]) -> jex_core.ClosedJaxpr:
