@@ -65,6 +65,9 @@ class Symbolic:
     inputs: tuple[Any, ...] = ()  # "op", "fill": Symbolic or concrete size-1 values
     value: Any = None  # set once computed
     keyed: bool = False  # whether it depends on a key ("bits" somewhere below)
+    # A copy of another value with the rows of its keys mapped, made while recording a
+    # template (`_fragments.py`): (the original, {old row: new row}).
+    renumbered: tuple[Any, dict[int, int]] | None = None
 
 
 def size_of(shape: Sequence[int]) -> int:
@@ -105,7 +108,21 @@ class Plan:
         return (self.nodes, tuple(s.dtype for s in self.scalars), np.dtype(self.root.dtype))
 
 
-def plan_of(root: Symbolic) -> Plan:
+def plan_of(root: Symbolic, plans: dict[int, Plan] | None = None) -> Plan:
+    """How to compute `root`. With `plans` (the plans made so far while recording one
+    template, by the id of their root), a renumbered copy's plan is its original's with
+    the rows of the keys mapped: a thousand alike layers walk one layer's values."""
+    if plans is not None and root.renumbered is not None and root.value is None:
+        original, remap = root.renumbered
+        base = plans.get(id(original))
+        if base is None:
+            base = plans[id(original)] = plan_of(original, plans)
+        keys = [remap.get(row, row) for row in base.keys]
+        return Plan(root, base.nodes, keys, base.scalars, base.arrays)
+    return _walked(root)
+
+
+def _walked(root: Symbolic) -> Plan:
     nodes: list[tuple[Any, ...]] = []
     keys: list[np.ndarray] = []
     scalars: list[np.ndarray] = []

@@ -113,9 +113,10 @@ def record(
     except NeedsKeyBits:
         return None
     plans, plan_outputs, key_outputs, constants = [], [], [], []
+    walked: dict[int, Any] = {}  # the plans of the originals of renumbered copies
     for i, out in enumerate(outs):
         if isinstance(out, Symbolic) and out.value is None:
-            plans.append(plan_of(out))
+            plans.append(plan_of(out, walked))
             plan_outputs.append(i)
         elif isinstance(out, KeySlots):
             key_outputs.append((i, out))
@@ -198,6 +199,8 @@ def _eval_eqn(eqn: Any, ins: list[Any], table: KeyTable | None = None) -> list[A
         out = _apply_to_slots(name, eqn.params, ins, table)
         if out is not None:
             return [out]
+    if name == "unstack" and ins and isinstance(ins[0], KeySlots | HostKeys):
+        return _unstacked(ins[0], eqn.params["axis"])
     if len(eqn.outvars) != 1 or eqn.primitive.multiple_results:
         return _bind(eqn, ins, table)
     aval = eqn.outvars[0].aval
@@ -270,6 +273,12 @@ def _apply_to_slots(name: str, params: dict[str, Any], ins: list[Any], table: Ke
     if name in ("copy", "copy_p"):
         return keys
     return None
+
+
+def _unstacked(keys: KeySlots | HostKeys, axis: int) -> list[Any]:
+    if isinstance(keys, KeySlots):
+        return [KeySlots(np.asarray(s), keys.dtype) for s in np.moveaxis(keys.slots, axis, 0)]
+    return [HostKeys(np.asarray(d), keys.dtype) for d in np.moveaxis(keys.data, axis, 0)]
 
 
 def _small_on_host(x: Any) -> bool:

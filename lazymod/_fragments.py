@@ -78,6 +78,7 @@ def _renumbered(x: Any, remap: dict[int, int], copies: dict[int, Any]) -> Any:
     if copy is None:
         copy = object.__new__(Symbolic)
         copy.__dict__.update(x.__dict__)
+        copy.renumbered = (x, remap)
         if x.kind == "bits":
             copy.key = remap.get(x.key, x.key)
         else:

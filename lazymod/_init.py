@@ -33,7 +33,7 @@ from ._sharding import place, Sharding, targets_for, with_shardings
 from ._stateful import initial_state, split_state
 from ._trace import NEEDS_VALUES, trace
 from ._tree import check_no_lazy_module_twice
-from ._values import compute
+from ._values import compute, reads_left_out
 
 
 def init(
@@ -329,6 +329,8 @@ def initialize(
             # without compiling a program per parameter shape (see _evaluate.py).
             if traced is None:
                 traced = trace(module, keys, staged=True, **options)
+                if traced.left_out and reads_left_out(traced):
+                    traced = trace(module, keys, staged=True, exact=True, **options)
                 keep(kept, traced)
         except NEEDS_VALUES:
             if abstract and at_top_level():

@@ -13,6 +13,7 @@ from ._context import current_trace, InitContext, Phase
 from ._errors import InitError
 from ._kept_calls import call_kept
 from ._keys import DEFAULT_STREAM
+from ._shape_only import stand_in
 
 
 _current: ContextVar[InitContext | None] = ContextVar("lazymod_init", default=None)
@@ -159,3 +160,21 @@ def staged_init() -> bool:
     """Whether an init runs here whose values are staged (only shapes flow)."""
     context = _current.get()
     return context is not None and context.staged
+
+
+def may_leave_out() -> bool:
+    """Whether the forward pass may leave out calls whose outputs are known by their
+    shapes and dtypes alone: in a staged init not traced again for their values
+    (`_shape_only.py`)."""
+    context = _current.get()
+    return context is not None and context.staged and not context.exact
+
+
+def left_out(output: Any) -> Any:
+    """The output of calls that the forward pass left out (`may_leave_out()`), given
+    the output of the last call it made, of the same shape and dtype. Init traces again
+    with every call made if a value it computes reads this output."""
+    context = _current.get()
+    assert context is not None and context.staged and not context.exact
+    context.left_out = True
+    return stand_in(output)

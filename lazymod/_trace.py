@@ -78,6 +78,8 @@ class Traced:
     # Staged: the last inputs of the jaxpr are the root keys of these streams, so that
     # the same trace serves another init with other keys.
     streams: tuple[str, ...] = ()
+    # Whether the forward pass left out calls whose outputs only shapes needed.
+    left_out: bool = False
 
     def inputs(self, keys: dict[str, PRNGKeyArray]) -> list[Any]:
         """The jaxpr's inputs for an init with `keys`: `None` for every spec (no
@@ -103,18 +105,21 @@ def trace(
     kwargs: dict[str, Any],
     capture: Capture,
     staged: bool,
+    exact: bool = False,
     entry: str = "lazymod.init",
 ) -> Traced:
     """Trace the three mechanisms on `module` with these inputs. With `staged`, every
     value is staged into the jaxpr (the evaluator computes it afterwards); without,
     what does not depend on a spec is computed op by op as it is traced, so code that
-    branches on the values of real inputs works."""
+    branches on the values of real inputs works. With `exact`, the forward pass makes
+    every call, even those whose outputs only shapes need (`_shape_only.py`)."""
     input_leaves, input_treedef = jtu.tree_flatten((args, kwargs))
     spec_positions = [
         i for i, leaf in enumerate(input_leaves) if isinstance(leaf, jax.ShapeDtypeStruct)
     ]
     context = InitContext(keys, capture=capture, root_name=type(module).__name__)
     context.staged = staged
+    context.exact = exact
     skeletons: list[Skeleton] = []
     # Staged, the root keys are inputs of the jaxpr; unstaged, values computed op by
     # op need them concrete.
@@ -157,7 +162,7 @@ def trace(
             "lazymod.init; otherwise branch on shapes and dtypes only "
             f"({type(error).__name__}: {str(error).splitlines()[0]})"
         ) from error
-    return Traced(closed, out_shapes, skeletons[0], streams)
+    return Traced(closed, out_shapes, skeletons[0], streams, context.left_out)
 
 
 def _run_mechanisms(

@@ -24,6 +24,7 @@ from jax.extend import core as jex_core
 from ._context import at_top_level
 from ._errors import InitTypeError
 from ._paths import display_path
+from ._shape_only import reads_stand_in
 from ._trace import Traced
 
 
@@ -119,6 +120,13 @@ def _template(traced: Traced, inputs: list[Any]) -> Any:
         template = None  # evaluate_constants warns, and falls back
     _templates[traced] = template
     return template
+
+
+def reads_left_out(traced: Traced) -> bool:
+    """Whether a value init computes from `traced` reads the output of calls that its
+    forward pass left out (`_shape_only.py`): then the trace must make them all."""
+    _, pruned = _analysis(traced)
+    return reads_stand_in(pruned.jaxpr)
 
 
 def depends_on_inputs(jaxpr: jex_core.Jaxpr, specs: int | None = None) -> list[bool]:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import pytest
 
 import lazymod as lm
+import lazymod.nn._multilayer as multilayer
 
 from .helpers import spec, tree_bit_equal
 
@@ -198,6 +199,10 @@ def test_alike_built_layers_trace_their_forward_pass_and_constructor_once(monkey
     assert tree_bit_equal(built.layers, data_dependent.layers)  # the same values either way
 
 
+def _to_half(x):
+    return jax.nn.relu(x).astype(jnp.float16)
+
+
 class ReadsValues(lm.Module):
     """Reads its input's value, so that init is data-dependent: every layer is built
     by its Equinox constructor and run by Equinox's forward pass."""
@@ -219,6 +224,8 @@ class ReadsValues(lm.Module):
         ((3, 8, 2), {"activation": jnp.tanh, "final_activation": jax.nn.sigmoid}, (5,)),
         ((3, 8, 2), {"activation": eqx.nn.PReLU()}, (5,)),  # an activation with arrays
         ((3, 8, 0), {}, (5,)),
+        ((3, 8, 6), {}, (5,)),  # hidden layers left out of the staged forward pass
+        ((3, 8, 6), {"activation": _to_half}, (5,)),  # which changes the dtype first
     ],
 )
 def test_a_staged_mlp_is_the_mlp_equinox_builds_and_runs(monkeypatch, args, kwargs, shape):
@@ -249,6 +256,46 @@ def test_a_deep_staged_mlp_traces_three_linear_constructors(monkeypatch):
     assert len(mlp.layers) == 31
     assert builds == [(7, 19), (19, 19), (19, 3)]  # one per kind of layer
     assert calls == [(7,), (19,), (19,)]  # (the output layer's is another kind, too)
+
+
+def test_a_deep_staged_mlp_calls_one_hidden_layer(monkeypatch):
+    # Only shapes flow: once a hidden layer's output has its input's shape and dtype,
+    # the hidden layers after it are left out (each would give the same again).
+    made = []
+    call_kept = multilayer.call_kept
+
+    def counted(function, *args):
+        made.append(function.__name__)
+        return call_kept(function, *args)
+
+    monkeypatch.setattr(multilayer, "call_kept", counted)
+    lm.init(lm.nn.MLP(3, 17, 40), 0, spec(7))
+    forward = [name for name in made if name != "_linear"]
+    assert forward == ["_layer_per_neuron"] * 3  # input, one hidden, output
+    assert made.count("_linear") == 41
+
+
+class Probed(lm.Module):
+    """Sets a field from its MLP run on a constant: a value init computes, which the
+    hidden layers left out of a staged forward pass would make wrong."""
+
+    mlp: lm.nn.MLP
+    probed: jax.Array = lm.lazy()
+
+    def __init__(self):
+        self.mlp = lm.nn.MLP(3, 8, 6)
+
+    def __call__(self, x):
+        if self.initializing():
+            self.probed = self.mlp(jnp.linspace(-1.0, 1.0, x.shape[0]))
+        return self.mlp(x)
+
+
+def test_a_value_read_from_a_left_out_layer_is_traced_again_exactly():
+    probed = lm.init(Probed(), 0, spec(5))
+    assert tree_bit_equal(probed.probed, probed.mlp(jnp.linspace(-1.0, 1.0, 5)))
+    again = lm.init(Probed(), 1, spec(5))  # the kept (exact) trace
+    assert tree_bit_equal(again.probed, again.mlp(jnp.linspace(-1.0, 1.0, 5)))
 
 
 def test_a_built_mlp_keeps_the_activations_it_was_given():

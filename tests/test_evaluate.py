@@ -140,6 +140,7 @@ KEY_DERIVATIONS = {
     "nested": lambda k: jax.random.split(jax.random.fold_in(jax.random.split(k)[1], 3))[0],
     "key_data": lambda k: jax.random.key_data(jax.random.split(k)[0]),
     "legacy": lambda k: jax.random.split(jax.random.PRNGKey(3))[1],
+    "unstack": lambda k: jnp.unstack(jax.random.split(k, (3, 2)), axis=1)[1],
 }
 
 

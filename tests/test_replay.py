@@ -120,6 +120,24 @@ def test_deep_models_replay_bit_for_bit():
         assert tree_bit_equal(lm.init(Stack(), seed, spec(3)), walked(Stack(), seed, spec(3)))
 
 
+def test_unstacked_keys_are_recorded_and_replayed_bit_for_bit():
+    class Unstacked(lm.Module):
+        draws: tuple = lm.lazy()
+
+        def __call__(self, x):
+            if self.initializing():
+                keys = jnp.unstack(jax.random.split(lm.next_key(), (2, 3)), axis=1)
+                self.draws = tuple(jax.random.uniform(k[1], (4,)) for k in keys)
+            return x
+
+    lm.init(Unstacked(), 0, spec(2))
+    [template] = templates()
+    assert isinstance(template, Template)
+    for seed in (1, 2):
+        got = lm.init(Unstacked(), seed, spec(2))
+        assert tree_bit_equal(got, walked(Unstacked(), seed, spec(2)))
+
+
 def test_the_key_table_derives_keys_as_jax_does():
     root = jax.random.key(2026)
     table = KeyTable(1)

@@ -5,11 +5,12 @@ from typing import Any, Literal
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from equinox import filter_vmap
 from jaxtyping import Array, PRNGKeyArray
 
 from .._kept_calls import call_kept
-from .._running import next_key, staged_init
+from .._running import left_out, may_leave_out, next_key, staged_init
 from ._lazy import check_sizes, LazyLayer
 
 
@@ -107,7 +108,8 @@ class MLP(LazyLayer):
         and layers, but each `eqx.nn.Linear` built by a kept trace of its constructor
         (`_kept_calls.py`), so a 1000-layer MLP traces three constructors, not 1001.
         The fields are set as Equinox's `__init__` sets them."""
-        keys = jax.random.split(next_key(), self.depth + 1)
+        # Equinox's `keys[i]`: one `unstack` equation gives them all.
+        keys = jnp.unstack(jax.random.split(next_key(), self.depth + 1))
         width = self.width_size
         sizes = [
             (in_size, width, self.use_bias),
@@ -192,13 +194,27 @@ def _staged_forward(
     """`mlp(x)` at a staged init, for plain-function activations: Equinox's
     computation (each layer, then its activation vmapped over the neurons), each layer
     with its activation one kept call (`_kept_calls.py`). A deep MLP then traces each
-    kind of layer once, not a `filter_vmap` per layer."""
-    for layer in mlp.layers[:-1]:
-        x = call_kept(_layer_per_neuron, layer, activation, x)
+    kind of layer once, not a `filter_vmap` per layer.
+
+    The hidden layers are alike (width to width): once one of them gives an output of
+    its input's shape and dtype, each one after it would give the same again. Where
+    only that shape and dtype matter (`may_leave_out`), they are not called, and a
+    thousand hidden layers are one kept call."""
+    first, *hidden, last = mlp.layers
+    x = call_kept(_layer_per_neuron, first, activation, x)
+    for i, layer in enumerate(hidden):
+        y = call_kept(_layer_per_neuron, layer, activation, x)
+        unchanged = _shape_and_dtype(y) == _shape_and_dtype(x)
+        x = y
+        if unchanged and i + 1 < len(hidden) and may_leave_out():
+            x = left_out(x)
+            break
     scalar = mlp.out_size == "scalar"
-    return call_kept(
-        _layer_applied if scalar else _layer_per_neuron, mlp.layers[-1], final_activation, x
-    )
+    return call_kept(_layer_applied if scalar else _layer_per_neuron, last, final_activation, x)
+
+
+def _shape_and_dtype(x: Array) -> tuple[Any, ...]:
+    return (x.shape, x.dtype, getattr(x, "weak_type", False))
 
 
 def _layer_per_neuron(layer: eqx.nn.Linear, activation: Callable[..., Any], x: Array) -> Array:
