@@ -277,6 +277,7 @@ def _apply_to_slots(name: str, params: dict[str, Any], ins: list[Any], table: Ke
 
 def _unstacked(keys: KeySlots | HostKeys, axis: int) -> list[Any]:
     """JAX's `unstack` of keys along `axis` (a key axis: the key words come last)."""
+    axis %= len(keys.shape)
     if isinstance(keys, KeySlots):
         return [KeySlots(np.asarray(s), keys.dtype) for s in np.moveaxis(keys.slots, axis, 0)]
     return [HostKeys(np.asarray(d), keys.dtype) for d in np.moveaxis(keys.data, axis, 0)]
