@@ -86,8 +86,10 @@ class InitContext:
         self.raised_in: str | None = None  # the innermost module a call raised in
         self.trace: Any = None  # the trace init runs in; set when it starts
         self.staged = True  # False: values are computed op by op as they are traced
-        # Staged, the forward pass may leave out calls whose outputs only shapes need,
-        # unless `exact`; `left_out` says whether it did (see _shape_only.py).
+        # Staged, with specs for inputs (`only_specs`), the forward pass may leave out
+        # calls whose outputs only shapes need, unless `exact`; `left_out` says
+        # whether it did (see _shape_only.py).
+        self.only_specs = False
         self.exact = False
         self.left_out = False
         # Traces of transformations applied around init (eqx.filter_jit(lm.init),

@@ -13,7 +13,7 @@ from ._context import current_trace, InitContext, Phase
 from ._errors import InitError
 from ._kept_calls import call_kept
 from ._keys import DEFAULT_STREAM
-from ._shape_only import stand_in
+from ._shape_only import staged_here, stand_in
 
 
 _current: ContextVar[InitContext | None] = ContextVar("lazymod_init", default=None)
@@ -163,11 +163,17 @@ def staged_init() -> bool:
 
 
 def may_leave_out() -> bool:
-    """Whether the forward pass may leave out calls whose outputs are known by their
-    shapes and dtypes alone: in a staged init not traced again for their values
-    (`_shape_only.py`)."""
+    """Whether the forward pass may leave out, here, calls whose outputs are known by
+    their shapes and dtypes alone: in a staged init of specs only, not traced again for
+    values, in init's own trace or a `jax.vmap` of it (`_shape_only.py`)."""
     context = _current.get()
-    return context is not None and context.staged and not context.exact
+    return (
+        context is not None
+        and context.staged
+        and context.only_specs
+        and not context.exact
+        and staged_here(context.trace)
+    )
 
 
 def left_out(output: Any) -> Any:

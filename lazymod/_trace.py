@@ -120,6 +120,7 @@ def trace(
     context = InitContext(keys, capture=capture, root_name=type(module).__name__)
     context.staged = staged
     context.exact = exact
+    context.only_specs = not any(isinstance(leaf, jax.Array | np.ndarray) for leaf in input_leaves)
     skeletons: list[Skeleton] = []
     # Staged, the root keys are inputs of the jaxpr; unstaged, values computed op by
     # op need them concrete.

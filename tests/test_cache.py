@@ -3,6 +3,7 @@ inputs): the forward pass runs once, the values are those of a fresh trace bit f
 bit, and anything the trace could see that differs makes a new trace."""
 
 import math
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -270,9 +271,25 @@ def test_a_deep_staged_mlp_calls_one_hidden_layer(monkeypatch):
 
     monkeypatch.setattr(multilayer, "call_kept", counted)
     lm.init(lm.nn.MLP(3, 17, 40), 0, spec(7))
+    lm.init(lm.nn.MLP(3, 17, 40), 0, spec(2, 7), method=lambda m, x: jax.vmap(m)(x))
     forward = [name for name in made if name != "_linear"]
-    assert forward == ["_layer_per_neuron"] * 3  # input, one hidden, output
-    assert made.count("_linear") == 41
+    assert forward == ["_layer_per_neuron"] * 6  # input, one hidden, output; twice
+    assert made.count("_linear") == 82
+
+
+@eqx.filter_jit
+def _jitted_call(mlp, x):
+    return mlp(x)
+
+
+PROBES = {  # ways to run the MLP on a constant, for a field init computes
+    "call": lambda mlp, c: mlp(c),
+    "vjp": lambda mlp, c: jax.vjp(mlp, c)[0],
+    "linearize": lambda mlp, c: jax.linearize(mlp, c)[0],
+    "value_and_grad": lambda mlp, c: jax.value_and_grad(lambda v: mlp(v).sum())(c)[0],
+    "scan": lambda mlp, c: jax.lax.scan(lambda _, v: (None, mlp(v)), None, c[None])[1][0],
+    "filter_jit": _jitted_call,
+}
 
 
 class Probed(lm.Module):
@@ -280,22 +297,62 @@ class Probed(lm.Module):
     hidden layers left out of a staged forward pass would make wrong."""
 
     mlp: lm.nn.MLP
+    probe: Any = eqx.field(static=True)
     probed: jax.Array = lm.lazy()
+
+    def __init__(self, probe):
+        self.mlp = lm.nn.MLP(3, 8, 6)
+        self.probe = probe
+
+    def __call__(self, x):
+        y = self.mlp(x)
+        if self.initializing():
+            self.probed = self.probe(self.mlp, jnp.linspace(-1.0, 1.0, x.shape[0]))
+        return y
+
+
+@pytest.mark.parametrize("name", sorted(PROBES))
+def test_a_value_read_from_a_left_out_layer_is_exact(name):
+    probe = PROBES[name]
+    for seed in (0, 1):  # the first trace, then the kept one
+        probed = lm.init(Probed(probe), seed, spec(5))
+        assert tree_bit_equal(probed.probed, probe(probed.mlp, jnp.linspace(-1.0, 1.0, 5)))
+
+
+class Scaled(lm.Module):
+    """Scales its output by a statistic of its MLP's output, run by a jitted function
+    (LSUV-like): a data-dependent init with real inputs."""
+
+    mlp: lm.nn.MLP
+    scale: jax.Array = lm.lazy()
 
     def __init__(self):
         self.mlp = lm.nn.MLP(3, 8, 6)
 
     def __call__(self, x):
+        self.mlp(x)  # built
+        y = _jitted_call(self.mlp, x)
         if self.initializing():
-            self.probed = self.mlp(jnp.linspace(-1.0, 1.0, x.shape[0]))
-        return self.mlp(x)
+            self.scale = 1.0 / jnp.std(y)
+        return y * self.scale
 
 
-def test_a_value_read_from_a_left_out_layer_is_traced_again_exactly():
-    probed = lm.init(Probed(), 0, spec(5))
-    assert tree_bit_equal(probed.probed, probed.mlp(jnp.linspace(-1.0, 1.0, 5)))
-    again = lm.init(Probed(), 1, spec(5))  # the kept (exact) trace
-    assert tree_bit_equal(again.probed, again.mlp(jnp.linspace(-1.0, 1.0, 5)))
+class Jitted(lm.Module):
+    mlp: lm.nn.MLP
+
+    def __init__(self):
+        self.mlp = lm.nn.MLP(3, 8, 6)
+
+    def __call__(self, x):
+        self.mlp(x)  # built
+        return _jitted_call(self.mlp, x)
+
+
+def test_no_trace_with_layers_left_out_is_kept_by_a_jitted_function():
+    lm.init(Jitted(), 0, spec(5))  # a staged init traces `_jitted_call` first
+    x = jnp.linspace(-1.0, 1.0, 5)
+    scaled = lm.init(Scaled(), 0, x)
+    assert tree_bit_equal(scaled.scale, 1.0 / jnp.std(scaled.mlp(x)))
 
 
 def test_a_built_mlp_keeps_the_activations_it_was_given():
