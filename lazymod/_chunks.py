@@ -66,7 +66,9 @@ class Symbolic:
     value: Any = None  # set once computed
     keyed: bool = False  # whether it depends on a key ("bits" somewhere below)
     # A copy of another value with the rows of its keys mapped, made while recording a
-    # template (`_fragments.py`): (the original, {old row: new row}).
+    # template (`_fragments.py`): (the original, {old row: new row}). `plan_of` takes
+    # the original's plan for it, so only a copy of the same elements may keep it (a
+    # reshape does: `dataclasses.replace` copies it).
     renumbered: tuple[Any, dict[int, int]] | None = None
 
 
@@ -119,7 +121,10 @@ def plan_of(root: Symbolic, plans: dict[int, Plan] | None = None) -> Plan:
             base = plans[id(original)] = plan_of(original, plans)
         keys = [remap.get(row, row) for row in base.keys]
         return Plan(root, base.nodes, keys, base.scalars, base.arrays)
-    return _walked(root)
+    plan = _walked(root)
+    if plans is not None:  # an original may be an output too
+        plans[id(root)] = plan
+    return plan
 
 
 def _walked(root: Symbolic) -> Plan:
