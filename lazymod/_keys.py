@@ -69,7 +69,7 @@ def _one_key(key: Any, where: str) -> PRNGKeyArray:
 
 
 @jax.jit
-def _fold_in_twice(key: PRNGKeyArray, words: jax.Array) -> PRNGKeyArray:
+def _fold_in_twice(key: PRNGKeyArray, words: jax.Array | np.ndarray) -> PRNGKeyArray:
     return jax.random.fold_in(jax.random.fold_in(key, words[0]), words[1])
 
 

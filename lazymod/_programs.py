@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.random import threefry2x32_p
+from jax.typing import ArrayLike
 
 from ._threefry import threefry2x32
 
@@ -26,10 +27,10 @@ def program(nodes: tuple[tuple[Any, ...], ...], scalar_dtypes: tuple[Any, ...], 
     del scalar_dtypes  # part of the cache key only
 
     def run(
-        offset: jax.Array,
-        keys: list[jax.Array],
-        scalars: list[jax.Array],
-        arrays: list[jax.Array],
+        offset: ArrayLike,
+        keys: list[ArrayLike],
+        scalars: list[ArrayLike],
+        arrays: list[ArrayLike],
     ) -> jax.Array:
         # The barriers keep XLA from folding constants into, or fusing callers with,
         # this computation: inlined into an enclosing jit it computes the same bits.
@@ -56,9 +57,9 @@ def packed_program(
     del scalar_dtypes, dtype  # part of the cache key only
 
     def run(
-        low: jax.Array,
-        keys: list[tuple[jax.Array, jax.Array]],
-        scalars: list[jax.Array],
+        low: ArrayLike,
+        keys: list[tuple[ArrayLike, ArrayLike]],
+        scalars: list[ArrayLike],
     ) -> jax.Array:
         low, keys, scalars = lax.optimization_barrier((low, keys, scalars))
         shape = _block_shape(length)
@@ -83,12 +84,12 @@ def block_program(
     del scalar_dtypes  # part of the cache key only
 
     def run(
-        offset: jax.Array,
-        dims: jax.Array,
-        starts: jax.Array,
-        strides: jax.Array,
-        keys: list[jax.Array],
-        scalars: list[jax.Array],
+        offset: ArrayLike,
+        dims: ArrayLike,
+        starts: ArrayLike,
+        strides: ArrayLike,
+        keys: list[ArrayLike],
+        scalars: list[ArrayLike],
     ) -> jax.Array:
         scalars, dims, starts, strides = lax.optimization_barrier((scalars, dims, starts, strides))
         shape = _block_shape(chunk)
@@ -130,9 +131,9 @@ def _run_nodes(
     shape: tuple[int, ...],
     high: jax.Array,
     low: jax.Array,
-    keys: list[tuple[jax.Array, jax.Array]],
-    scalars: list[jax.Array],
-    arrays: list[jax.Array],
+    keys: list[tuple[ArrayLike, ArrayLike]],
+    scalars: list[ArrayLike],
+    arrays: list[ArrayLike],
     hash_words: Callable[..., tuple[jax.Array, jax.Array]] = threefry2x32,
 ) -> jax.Array:
     """The value `nodes` describe at the flat indices `(high, low)`: the body of the

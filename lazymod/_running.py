@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
+import jax
 from jax.extend import core as jex_core
 from jaxtyping import PRNGKeyArray
 
@@ -165,13 +166,15 @@ def staged_init() -> bool:
 def may_leave_out() -> bool:
     """Whether the forward pass may leave out, here, calls whose outputs are known by
     their shapes and dtypes alone: in a staged init of specs only, not traced again for
-    values, in init's own trace or a `jax.vmap` of it (`_shape_only.py`)."""
+    values, in init's own trace or a `jax.vmap` of it, with `jax.jit` on (the stand-in
+    is a jitted call, found by its name: `_shape_only.py`)."""
     context = _current.get()
     return (
         context is not None
         and context.staged
         and context.only_specs
         and not context.exact
+        and not jax.config.jax_disable_jit  # pyright: ignore[reportAttributeAccessIssue]
         and staged_here(context.trace)
     )
 

@@ -12,7 +12,8 @@ That output is wrong as a value, and two things keep it from reaching one:
 - calls are left out only where operations go straight into init's own trace, or
   through `jax.vmap`s of it (`staged_here`): not inside a `jax.jit` (whose trace JAX
   keeps, and would give to a later, exact init), a `jax.vjp`, a `jax.lax.scan` or a
-  `jax.checkpoint` of the forward pass;
+  `jax.checkpoint` of the forward pass; nor under `jax.disable_jit()`, where the
+  stand-in would not be a named call;
 - a value init computes may still read it: a field set from the forward pass on a
   constant input (a probe) rather than on a spec. The stand-in is an equation of
   init's jaxpr, and `reads_stand_in` finds whether a computed output needs it; if one

@@ -319,6 +319,14 @@ def test_a_value_read_from_a_left_out_layer_is_exact(name):
         assert tree_bit_equal(probed.probed, probe(probed.mlp, jnp.linspace(-1.0, 1.0, 5)))
 
 
+def test_a_value_read_from_a_left_out_layer_is_exact_without_jit():
+    with jax.disable_jit():  # no named jit call in the trace, so no layer is left out
+        probed = lm.init(Probed(PROBES["call"]), 0, spec(5))
+    assert tree_bit_equal(probed.probed, probed.mlp(jnp.linspace(-1.0, 1.0, 5)))
+    again = lm.init(Probed(PROBES["call"]), 0, spec(5))  # with jit on again
+    assert tree_bit_equal(again.probed, again.mlp(jnp.linspace(-1.0, 1.0, 5)))
+
+
 class Scaled(lm.Module):
     """Scales its output by a statistic of its MLP's output, run by a jitted function
     (LSUV-like): a data-dependent init with real inputs."""
