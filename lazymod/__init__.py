@@ -9,7 +9,7 @@ from ._errors import (
     InitValueError as InitValueError,
     UninitializedError as UninitializedError,
 )
-from ._init import init as init, init_shapes as init_shapes, init_with_state as init_with_state
+from ._init import init as init, init_with_state as init_with_state
 from ._module import Module as Module
 from ._partitions import AxisRules as AxisRules
 from ._restore import restore as restore
@@ -19,6 +19,7 @@ from ._sentinels import (
     is_initialized as is_initialized,
     lazy as lazy,
 )
+from ._shapes import init_shapes as init_shapes
 from ._summary import summary as summary
 
 

@@ -12,13 +12,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 
 from ._errors import init_error_like, InitError
-from ._init import init_shapes
+from ._numpy_leaves import is_numpy, numpy_like
 from ._paths import display_path, KeyPath, path_str
 from ._restore import describe_leaf, weak_as_made
 from ._sentinels import is_initialized
-from ._sharding import Sharding
+from ._shapes import shapes_of
+from ._sharding import Sharding, with_shardings
 
 
 _STATE = "state"  # the prefix of the state's arrays in a checkpoint of (model, state)
@@ -184,9 +186,16 @@ def restore_sharded(
             f"lazymod.restore_sharded: no checkpoint at {str(directory)!r}: it {what}. "
             "Pass the directory lazymod.save_sharded wrote."
         )
-    skeleton = init_shapes(
-        model, *args, sharding=sharding, method=method, with_state=with_state, **kwargs
+    skeleton = shapes_of(
+        model,
+        args=args,
+        kwargs=kwargs,
+        method=method,
+        with_state=with_state,
+        entry="lazymod.restore_sharded",
     )
+    if sharding is not None:
+        skeleton = with_shardings(model, skeleton, sharding, with_state)
     expected = _arrays_by_key(skeleton, is_pair=with_state)
     with ocp.StandardCheckpointer() as checkpointer:
         stored = _stored_arrays(ocp, checkpointer, path, directory)
@@ -205,6 +214,9 @@ def restore_sharded(
     values = [
         weak_as_made(restored[_key(skeleton, path, with_state)[0]], leaf)
         if isinstance(leaf, jax.ShapeDtypeStruct)
+        # A NumPy array (which init leaves as it is): NumPy, as saved.
+        else numpy_like(restored[_key(skeleton, path, with_state)[0]], leaf)
+        if is_numpy(leaf)
         else leaf  # static, a Python number or a flag: as the lazy model has it
         for path, leaf in leaves
     ]
@@ -324,10 +336,13 @@ def _check(
 
 
 def _target(
-    where: str, leaf: jax.ShapeDtypeStruct, default: jax.sharding.Sharding
-) -> jax.ShapeDtypeStruct:
+    where: str, leaf: jax.ShapeDtypeStruct | np.ndarray | np.generic, default: jax.sharding.Sharding
+) -> Any:
     """What Orbax restores the array into: its shape, dtype and sharding (or the default
-    device's), once the sharding is known to fit the shape."""
+    device's), once the sharding is known to fit the shape; a NumPy array (read as
+    NumPy, in its dtype) as it is."""
+    if is_numpy(leaf):
+        return np.asarray(leaf)
     sharding = leaf.sharding or default
     try:
         sharding.shard_shape(leaf.shape)

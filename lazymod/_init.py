@@ -1,5 +1,5 @@
-"""`lazymod.init`, `lazymod.init_with_state` and `lazymod.init_shapes`: the entry points
-of one engine.
+"""`lazymod.init` and `lazymod.init_with_state`, the entry points of one engine (which
+`lazymod.init_shapes`, in `_shapes.py`, runs without computing).
 
 One call of `init` reads top to bottom in `initialize`:
 
@@ -24,12 +24,11 @@ from ._cache import keep, known_complete, lookup, mark_complete, trace_key
 from ._collection import collection_paused
 from ._context import at_top_level, Capture
 from ._errors import InitError
-from ._host_keys import key_of_seed
 from ._inputs import check_specs, note_likely_causes, resolve_method
 from ._keys import normalize_keys
 from ._paths import display_path
 from ._sentinels import Initializer, sentinels_with_paths
-from ._sharding import place, Sharding, targets_for, with_shardings
+from ._sharding import place, Sharding, targets_for
 from ._stateful import initial_state, split_state
 from ._trace import NEEDS_VALUES, trace
 from ._tree import check_no_lazy_module_twice
@@ -194,102 +193,6 @@ def init_with_state(
     return result
 
 
-def init_shapes(
-    module: Any,
-    /,
-    *args: Any,
-    method: str | Callable[..., Any] | None = None,
-    partial: bool = False,
-    with_state: bool = False,
-    sharding: Sharding = None,
-    **kwargs: Any,
-) -> Any:
-    """The tree `lazymod.init` would return, with a `jax.ShapeDtypeStruct` in place of
-    every array. Nothing is allocated or computed, whatever the sizes.
-
-    Takes the same arguments as [`lazymod.init`][], less the key. Use it to inspect a
-    model, or as the skeleton to load a checkpoint into with
-    `eqx.tree_deserialise_leaves`. With `with_state=True`, it is the pair
-    [`lazymod.init_with_state`][] would return: the model and its `eqx.nn.State`, both
-    of shapes (the method then takes the state last, as there). With `sharding=` (as
-    `lazymod.init` takes it), each `ShapeDtypeStruct` carries its array's sharding:
-    the abstract state to pass as `out_shardings`, or as the target of a sharded
-    restore (see [Sharding](sharding.md)).
-
-    !!! example
-
-        ```python
-        import jax
-        import jax.numpy as jnp
-        import lazymod as lm
-
-        class Linear(lm.Module):
-            features_out: int
-            w: jax.Array = lm.lazy()
-
-            def __call__(self, x):
-                if self.initializing():
-                    self.w = jax.random.normal(
-                        lm.next_key(), (x.shape[-1], self.features_out)
-                    )
-                return x @ self.w
-
-        big = lm.init_shapes(Linear(100_000), jax.ShapeDtypeStruct((100_000,), jnp.float32))
-        assert big.w.shape == (100_000, 100_000)
-        ```
-    """
-
-    shapes = shapes_of(
-        module,
-        args=args,
-        kwargs=kwargs,
-        method=method,
-        partial=partial,
-        with_state=with_state,
-        entry="lazymod.init_shapes",
-    )
-    return shapes if sharding is None else with_shardings(module, shapes, sharding, with_state)
-
-
-def shapes_of(
-    module: Any,
-    *,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    method: str | Callable[..., Any] | None,
-    partial: bool = False,
-    with_state: bool = False,
-    entry: str,
-) -> Any:
-    """`init_shapes`, for the entry point `entry` (named in error notes)."""
-
-    def run(module: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        result, _ = initialize(
-            module,
-            key,
-            args=args,
-            kwargs=kwargs,
-            method=method,
-            partial=partial,
-            with_state=with_state,
-            abstract=True,
-            entry=entry,
-        )
-        return result
-
-    leaves = jax.tree.leaves((module, args, kwargs))
-    if at_top_level() and not any(eqx.is_array(leaf) for leaf in leaves):
-        # Nothing to keep from being computed: trace directly (the trace is kept for
-        # later inits, see _cache.py), with a key whose values nothing reads; code that
-        # needs a value's value is run under jax.eval_shape below.
-        try:
-            return run(module, _shapes_key(), args, kwargs)
-        except NEEDS_VALUES:
-            pass
-    # The forward pass's own keyword arguments (a `key=` among them) travel as one dict.
-    return eqx.filter_eval_shape(run, module, abstract_key(), args, kwargs)
-
-
 @collection_paused()
 def initialize(
     module: Any,
@@ -351,12 +254,6 @@ def initialize(
         _check_complete(result, entry, ran=function is not None)
         mark_complete(traced)
     return (split_state(result, abstract) if with_state else result), intermediates
-
-
-@functools.cache
-def _shapes_key() -> jax.Array:
-    """The key of an init that computes nothing (its trace alone gives the shapes)."""
-    return key_of_seed(0)
 
 
 @functools.cache

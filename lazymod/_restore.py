@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from ._errors import InitError
-from ._init import shapes_of
+from ._numpy_leaves import is_numpy, numpy_like
 from ._paths import display_path
+from ._shapes import shapes_of
 
 
 @runtime_checkable
@@ -143,11 +144,13 @@ def restore(
                 damaged = True
                 break
             read_any = True
+            if is_numpy(like):  # a NumPy array init leaves as it is: NumPy, as saved
+                is_array, found = True, numpy_like(found, like)
             if is_array and (found.shape != like.shape or found.dtype != like.dtype):
                 mismatches.append(
                     f"{where}: expected {describe_leaf(like)}, found {describe_leaf(found)}"
                 )
-            elif is_array:
+            elif isinstance(like, jax.ShapeDtypeStruct):
                 found = weak_as_made(found, like)
             values.append(found)
         left_over = not damaged and (not mismatches or "ends before" not in mismatches[-1])

@@ -100,3 +100,24 @@ class EncoderDecoder(lm.Module):
 
     def __call__(self, x):
         return self.decode(self.encode(x))
+
+
+class WithNumPy(lm.Module):
+    """NumPy constants, which init leaves as they are: a float64 table (float64 without
+    x64 too), a NumPy scalar, and a NumPy mask the forward pass assigns."""
+
+    table: np.ndarray | None
+    scale: np.float64 | float
+    mask: np.ndarray = lm.lazy()
+    w: jax.Array = lm.lazy()
+
+    def __init__(self, held: bool = True, size: int = 4):
+        self.table = np.arange(size, dtype=np.float64) / 3 if held else None
+        self.scale = np.float64(0.5) if held else 0.5
+
+    def __call__(self, x):
+        if self.initializing():
+            self.mask = np.tril(np.ones((x.shape[0],) * 2, np.bool_))
+            self.w = jax.random.normal(lm.next_key(), x.shape)
+        table = 0.0 if self.table is None else self.table.astype(np.float32)
+        return x * self.w * self.scale + table

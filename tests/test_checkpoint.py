@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import lazymod as lm
 
-from .helpers import spec, tree_bit_equal
+from .helpers import spec, tree_bit_equal, WithNumPy
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -318,3 +318,18 @@ def test_save_on_a_2x4_mesh_and_restore_into_rows_and_columns(tmp_path):
     assert "restored into rows: ok" in result.stdout
     assert "restored into columns: ok" in result.stdout
     assert "indivisible: refused" in result.stdout
+
+
+def test_numpy_arrays_restore_as_numpy_in_their_dtype(tmp_path):
+    """A float64 NumPy table (which init leaves float64) restores as it was saved: its
+    shapes used to say float32, and the checkpoint was refused as a mismatch."""
+    trained = lm.init(WithNumPy(), 0, spec(4))
+    lm.save_sharded(tmp_path / "numpy", trained)
+    restored = lm.restore_sharded(WithNumPy(), tmp_path / "numpy", spec(4))
+    assert tree_bit_equal(restored, trained)
+    assert isinstance(restored.table, np.ndarray) and restored.table.dtype == np.float64
+    assert type(restored.scale) is np.float64 and isinstance(restored.mask, np.ndarray)
+    with pytest.raises(
+        lm.InitError, match=r"WithNumPy.table: expected float64\[3\], found float64\[4\]"
+    ):
+        lm.restore_sharded(WithNumPy(size=3), tmp_path / "numpy", spec(3))

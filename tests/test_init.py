@@ -13,7 +13,7 @@ import pytest
 
 import lazymod as lm
 
-from .helpers import EncoderDecoder, Linear, MLP, spec, tree_bit_equal
+from .helpers import EncoderDecoder, Linear, MLP, spec, tree_bit_equal, WithNumPy
 
 
 class Pair(lm.Module):
@@ -674,3 +674,25 @@ def test_jax_does_not_pretty_print_modules_it_transforms():
     jax.vmap(model)(jnp.ones((2, 3)))
     assert not printed
     assert str(model) == repr(model) and printed
+
+
+@pytest.mark.parametrize("held", [True, False], ids=["numpy fields", "numpy assigned only"])
+def test_init_shapes_keeps_numpy_arrays_in_their_dtype_and_unplaced(held):
+    """init leaves a NumPy array as it is (float64 without x64, on no device): so do
+    its shapes. Made abstract, the table read float32, and restore failed on it."""
+    model = lm.init(WithNumPy(held), 0, spec(4))
+    assert isinstance(model.mask, np.ndarray) and (not held or model.table.dtype == np.float64)
+    expected = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if eqx.is_array(x) else x, model
+    )
+    assert eqx.tree_equal(lm.init_shapes(WithNumPy(held), spec(4)), expected)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    placed = lm.init_shapes(WithNumPy(held), spec(4), sharding=device)
+    assert placed.w.sharding == device and placed.mask.sharding is None
+    unplaced = jax.tree.map(
+        lambda x: (
+            jax.ShapeDtypeStruct(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x
+        ),
+        placed,
+    )
+    assert eqx.tree_equal(unplaced, expected)

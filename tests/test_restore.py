@@ -11,7 +11,7 @@ import pytest
 
 import lazymod as lm
 
-from .helpers import spec, tree_bit_equal
+from .helpers import spec, tree_bit_equal, WithNumPy
 
 
 class Net(lm.Module):
@@ -149,3 +149,17 @@ def test_restore_of_a_damaged_file_names_the_first_bad_array(damage, tmp_path):
     assert "damaged.eqx" in message and "Linear.weight: expected float32[3, 4]" in message
     assert "not an array written by eqx.tree_serialise_leaves" in message
     assert "ends before" not in message and "more arrays" not in message
+
+
+def test_numpy_arrays_restore_as_numpy_in_their_dtype_and_are_checked():
+    """NumPy arrays come back as init leaves them: NumPy, in their own dtype. Read
+    as JAX arrays, the float64 table came back float32, with other values."""
+    trained = lm.init(WithNumPy(), 0, spec(4))
+    restored = lm.restore(WithNumPy(), saved(trained), spec(4))
+    assert tree_bit_equal(restored, trained)
+    assert isinstance(restored.table, np.ndarray) and restored.table.dtype == np.float64
+    assert type(restored.scale) is np.float64 and isinstance(restored.mask, np.ndarray)
+    with pytest.raises(
+        lm.InitError, match=r"WithNumPy.table: expected float64\[3\], found float64\[4\]"
+    ):
+        lm.restore(WithNumPy(size=3), saved(trained), spec(3))
