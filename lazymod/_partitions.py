@@ -1,6 +1,8 @@
 """Partition annotations and the rule of `sharding=mesh` (or `sharding=AxisRules`):
 each array is sharded as the `partition` of the `Initializer` that made it, or of the
-lazy layer that built it, says; every other array is replicated.
+lazy layer that built it, says; an array the module holds already sharded over the
+mesh (built by an earlier, partial init, whose lazy layer and annotation are gone)
+keeps its sharding; every other array is replicated.
 
 A partition names one entry per array axis: a mesh axis (or a tuple of them), or
 `None`. With `AxisRules`, the entries are *logical* names (`"embed"`, `"mlp"`), which
@@ -13,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.tree_util as jtu
 
 from ._errors import InitValueError
 from ._paths import display_path, path_str
@@ -59,6 +62,7 @@ class AxisRules:
 
 
 def annotation_rule(
+    module: Any,
     partitions: dict[str, tuple[str, Partition]],
     mesh: jax.sharding.Mesh,
     rules: Mapping[str, Axis] | None = None,
@@ -66,10 +70,12 @@ def annotation_rule(
     """The rule of `sharding=mesh` (`rules=None`: partitions name mesh axes) and of
     `sharding=AxisRules(mesh, rules)`, for a module's `partitions_of`."""
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    held = _held_on(module, mesh)
 
     def rule(path: str, leaf: jax.ShapeDtypeStruct) -> jax.sharding.Sharding:
         if path not in partitions:
-            return replicated
+            shape, sharding = held.get(path, (None, replicated))
+            return sharding if shape == leaf.shape else replicated
         where, partition = partitions[path]
         if len(partition) != leaf.ndim:
             raise InitValueError(
@@ -82,6 +88,21 @@ def annotation_rule(
         return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*partition))
 
     return rule
+
+
+def _held_on(
+    module: Any, mesh: jax.sharding.Mesh
+) -> dict[str, tuple[tuple[int, ...], jax.sharding.NamedSharding]]:
+    """`{path: (shape, sharding)}` of the arrays `module` holds already sharded over
+    `mesh`: what an earlier init placed (a partial one's built layers have lost their
+    annotations), to stay where it is."""
+    held = {}
+    for path, leaf in jtu.tree_flatten_with_path(module)[0]:
+        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
+            sharding = leaf.sharding
+            if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == mesh:
+                held[path_str(path)] = (leaf.shape, sharding)
+    return held
 
 
 def partitions_of(module: Any) -> dict[str, tuple[str, Partition]]:

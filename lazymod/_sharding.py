@@ -35,9 +35,9 @@ def targets_for(
         if not partial:
             _check_annotations(partitions, paths)
         if isinstance(sharding, AxisRules):
-            sharding = annotation_rule(partitions, sharding.mesh, dict(sharding.rules))
+            sharding = annotation_rule(module, partitions, sharding.mesh, dict(sharding.rules))
         else:
-            sharding = annotation_rule(partitions, sharding)
+            sharding = annotation_rule(module, partitions, sharding)
     elif not (isinstance(sharding, jax.sharding.Sharding) or _is_rule(sharding)):
         raise TypeError(
             "lazymod.init: `sharding` must be a jax.sharding.Mesh, a lazymod.AxisRules, a "

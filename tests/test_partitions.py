@@ -92,3 +92,43 @@ def test_bad_rules_and_annotations_are_refused_at_once():
         lm.AxisRules(MESH, {"mlp": "modl"})
     with pytest.raises(TypeError, match="one entry per array axis"):
         lm.nn.Linear(4).partitioned(weight="model")
+
+
+class Halves(lm.Module):
+    """Two annotated layers, the first one built alone by `method="encode"`."""
+
+    first: lm.nn.Linear
+    second: lm.nn.Linear
+
+    def __init__(self, first: tuple, second: tuple):
+        self.first = lm.nn.Linear(4).partitioned(weight=first)
+        self.second = lm.nn.Linear(2).partitioned(weight=second)
+
+    def encode(self, x):
+        return self.first(x)
+
+    def __call__(self, x):
+        return self.second(self.encode(x))
+
+
+@pytest.mark.parametrize(
+    "sharding, axes",
+    [
+        (lm.AxisRules(MESH, RULES), (("mlp", "embed"), ("embed", "mlp"))),
+        (MESH, (("model", None), (None, "model"))),
+    ],
+    ids=["axis rules", "mesh"],
+)
+def test_an_array_a_partial_init_sharded_keeps_its_sharding(sharding, axes):
+    """A layer built by a partial init is an Equinox layer, without its annotation: the
+    array it made keeps the sharding it was given. It used to be replicated."""
+    model = Halves(*axes)
+    part = lm.init(model, 0, spec(3), method="encode", partial=True, sharding=sharding)
+    assert spec_of(part.first.weight) == jax.P("model", None)
+    full = lm.init(part, 0, spec(3), sharding=sharding)
+    assert spec_of(full.first.weight) == jax.P("model", None)
+    assert spec_of(full.second.weight) == jax.P(None, "model")
+    assert spec_of(full.first.bias) == jax.P()  # never annotated: replicated
+    shapes = lm.init_shapes(part, spec(3), sharding=sharding)
+    assert shapes.first.weight.sharding == full.first.weight.sharding
+    assert tree_bit_equal(full, lm.init(model, 0, spec(3)))
