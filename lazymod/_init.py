@@ -83,7 +83,8 @@ def init(
         returning a `jax.sharding.Sharding` or `None` (the default device); or one
         `Sharding` for every array; or a `jax.sharding.Mesh`, to shard each array
         annotated by `Initializer(..., partition=...)` or a layer's `.partitioned(...)`
-        as it says and replicate every other array; or a `lazymod.AxisRules`, for
+        as it says and replicate every other array (one the module holds already on
+        that mesh, from a partial init, keeps its sharding); or a `lazymod.AxisRules`, for
         annotations of logical axis names. Each process computes only the blocks its
         devices hold (see [Sharding](sharding.md) for the values that need a full copy).
 

@@ -15,8 +15,17 @@ def is_numpy(leaf: Any) -> bool:
 
 def numpy_like(found: Any, like: np.ndarray | np.generic) -> Any:
     """`found`, read for the NumPy leaf `like`, as NumPy: an array, or a scalar of
-    `like`'s type (a mismatch of shape or dtype is left for the caller to name)."""
+    `like`'s type (a mismatch of shape or dtype is left for the caller to name). The
+    `.npy` format keeps a dtype NumPy lacks (bfloat16, float8, int4) as raw bytes: of
+    `like`'s width, they are `like`'s dtype again."""
     found = np.asarray(found)
+    if (
+        found.dtype != like.dtype
+        and found.dtype.kind == "V"
+        and found.dtype.names is None
+        and found.dtype.itemsize == like.dtype.itemsize
+    ):
+        found = found.view(like.dtype)
     if isinstance(like, np.generic) and found.shape == () and found.dtype == like.dtype:
         return found[()]
     return found

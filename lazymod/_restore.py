@@ -8,6 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
+import numpy as np
 
 from ._errors import InitError
 from ._numpy_leaves import is_numpy, numpy_like
@@ -101,15 +102,18 @@ def restore(
     # arrays with numpy's format, Python scalars too, everything else not at all.
     with _opened(path_or_file) as file:
         for index, (path, like) in enumerate(leaves):
-            is_array = isinstance(like, jax.ShapeDtypeStruct)
+            is_array = isinstance(like, jax.ShapeDtypeStruct) or is_numpy(like)
             if not is_array and not eqx.is_array_like(like):
                 values.append(like)  # static, or a function: not in the file
                 continue
             where = _where(skeleton, path, with_state)
             try:
-                found = (
-                    jnp.load(file) if is_array else eqx.default_deserialise_filter_spec(file, like)
-                )
+                if is_numpy(like):  # a NumPy array init leaves as it is: NumPy, as saved
+                    found = numpy_like(np.load(file), like)
+                elif is_array:
+                    found = jnp.load(file)
+                else:
+                    found = eqx.default_deserialise_filter_spec(file, like)
             except EOFError:  # NumPy: no data left
                 missing = sum(
                     isinstance(leaf, jax.ShapeDtypeStruct) or eqx.is_array_like(leaf)
@@ -144,8 +148,6 @@ def restore(
                 damaged = True
                 break
             read_any = True
-            if is_numpy(like):  # a NumPy array init leaves as it is: NumPy, as saved
-                is_array, found = True, numpy_like(found, like)
             if is_array and (found.shape != like.shape or found.dtype != like.dtype):
                 mismatches.append(
                     f"{where}: expected {describe_leaf(like)}, found {describe_leaf(found)}"

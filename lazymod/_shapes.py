@@ -27,7 +27,8 @@ def init_shapes(
     **kwargs: Any,
 ) -> Any:
     """The tree `lazymod.init` would return, with a `jax.ShapeDtypeStruct` in place of
-    every array. Nothing is allocated or computed, whatever the sizes.
+    every array. No array is allocated and no random number drawn, whatever the sizes
+    (NumPy code in the forward pass runs on the module's NumPy arrays, as in init).
 
     Takes the same arguments as [`lazymod.init`][], less the key. Use it to inspect a
     model, or as the skeleton to load a checkpoint into with
@@ -114,19 +115,25 @@ def shapes_of(
             return run(module, _shapes_key(), args, kwargs)
         except NEEDS_VALUES:
             pass
-    # The module's NumPy arrays are constants to init, which leaves them as they are:
-    # closed over, not made abstract (that would make a float64 table float32 without
-    # x64), and taken out of the result as they come.
+    # The forward pass's own keyword arguments (a `key=` among them) travel as one dict.
+    return eval_shape_holding_numpy(run, module, abstract_key(), args, kwargs)
+
+
+def eval_shape_holding_numpy(function: Callable[..., Any], module: Any, *args: Any) -> Any:
+    """`eqx.filter_eval_shape(function, module, *args)`, except for NumPy arrays. The
+    module's are constants to init, which leaves them as they are: they are closed
+    over, not made abstract (which would make a float64 table float32 without x64,
+    and its values unreadable), and every NumPy array of the result is returned as
+    it is."""
     held, rest = eqx.partition(module, is_numpy)
     host: list[Any] = []
 
-    def run_holding(rest: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        numpy, traced = eqx.partition(run(eqx.combine(rest, held), key, args, kwargs), is_numpy)
+    def holding(rest: Any, *args: Any) -> Any:
+        numpy, traced = eqx.partition(function(eqx.combine(rest, held), *args), is_numpy)
         host.append(numpy)
         return traced
 
-    # The forward pass's own keyword arguments (a `key=` among them) travel as one dict.
-    traced = eqx.filter_eval_shape(run_holding, rest, abstract_key(), args, kwargs)
+    traced = eqx.filter_eval_shape(holding, rest, *args)
     return eqx.combine(traced, host[-1])
 
 

@@ -4,6 +4,8 @@
 from typing import Any
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 import jax.tree_util as jtu
 
 from ._errors import InitValueError
@@ -40,10 +42,20 @@ def split_state(tree: Any, abstract: bool = False) -> tuple[Any, eqx.nn.State]:
             leaf = eqx.nn.StateIndex(leaf.init)
             marker = type(tree).__name__ + jtu.keystr(path)
             object.__setattr__(leaf, "marker", marker)
-            entries[marker] = leaf.init
+            entries[marker] = jtu.tree_map(_as_state_holds_it, leaf.init)
         renamed.append(leaf)
     model = jtu.tree_unflatten(treedef, renamed)
     return eqx.nn.delete_init_state(model), _state_of(entries)
+
+
+def _as_state_holds_it(value: Any) -> Any:
+    """The shape of an initial state's leaf as `eqx.nn.State` holds it, through
+    `jnp.asarray`: a NumPy float64 array is float32 without x64, a Python int a weakly
+    typed int32 (what init does not trace is still described, not computed)."""
+    if isinstance(value, jax.ShapeDtypeStruct) or not eqx.is_array_like(value):
+        return value
+    dtype, weak = jax.dtypes.result_type(value, return_weak_type_flag=True)
+    return jax.ShapeDtypeStruct(jnp.shape(value), dtype, weak_type=weak)
 
 
 def _is_index(x: Any) -> bool:

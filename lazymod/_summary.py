@@ -9,7 +9,9 @@ import numpy as np
 
 from ._init import abstract_key, initialize
 from ._inputs import resolve_method
+from ._numpy_leaves import described
 from ._paths import path_str
+from ._shapes import eval_shape_holding_numpy
 
 
 _COLUMNS = ("path", "type", "output", "parameters", "count", "bytes", "state")
@@ -94,7 +96,8 @@ def summary(
     def run_and_keep_output(module: Any, *args: Any, **kwargs: Any) -> Any:
         assert function is not None
         out = function(module, *args, **kwargs)
-        outputs.append(_shapes_only(out))  # no tracer may outlive init's trace
+        # No tracer may outlive init's trace; a NumPy array shows in its own dtype.
+        outputs.append(jtu.tree_map(described, _shapes_only(out)))
         return out
 
     def build(model: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -110,8 +113,10 @@ def summary(
             entry="lazymod.summary",
         )
 
-    # The forward pass's own keyword arguments (a `key=` among them) travel as one dict.
-    shapes, intermediates = eqx.filter_eval_shape(build, model, abstract_key(), args, kwargs)
+    # The forward pass's own keyword arguments (a `key=` among them) travel as one dict;
+    # NumPy arrays, which init leaves as they are, are shown in their own dtype.
+    built = eval_shape_holding_numpy(build, model, abstract_key(), args, kwargs)
+    shapes, intermediates = jtu.tree_map(described, built)
     shapes, state = shapes if with_state else (shapes, None)
     root_output = outputs[-1] if outputs else None
     return _tabulate(shapes, state, intermediates, root_output, function is not None)

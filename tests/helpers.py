@@ -104,15 +104,18 @@ class EncoderDecoder(lm.Module):
 
 class WithNumPy(lm.Module):
     """NumPy constants, which init leaves as they are: a float64 table (float64 without
-    x64 too), a NumPy scalar, and a NumPy mask the forward pass assigns."""
+    x64 too), a bfloat16 one (which `.npy` files keep as raw bytes), a NumPy scalar
+    whose value the forward pass reads, and a NumPy mask the forward pass assigns."""
 
     table: np.ndarray | None
+    half: np.ndarray | None
     scale: np.float64 | float
     mask: np.ndarray = lm.lazy()
     w: jax.Array = lm.lazy()
 
     def __init__(self, held: bool = True, size: int = 4):
         self.table = np.arange(size, dtype=np.float64) / 3 if held else None
+        self.half = np.asarray([1.5, -2.0], jnp.bfloat16) if held else None
         self.scale = np.float64(0.5) if held else 0.5
 
     def __call__(self, x):
@@ -120,4 +123,5 @@ class WithNumPy(lm.Module):
             self.mask = np.tril(np.ones((x.shape[0],) * 2, np.bool_))
             self.w = jax.random.normal(lm.next_key(), x.shape)
         table = 0.0 if self.table is None else self.table.astype(np.float32)
-        return x * self.w * self.scale + table
+        sign = 1.0 if self.scale > 0 else -1.0  # a value, not a shape
+        return x * self.w * self.scale * sign + table

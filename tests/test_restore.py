@@ -163,3 +163,10 @@ def test_numpy_arrays_restore_as_numpy_in_their_dtype_and_are_checked():
         lm.InitError, match=r"WithNumPy.table: expected float64\[3\], found float64\[4\]"
     ):
         lm.restore(WithNumPy(size=3), saved(trained), spec(3))
+
+
+def test_a_numpy_scalar_of_another_dtype_is_a_mismatch():
+    file = saved(lm.init(WithNumPy(), 0, spec(4)))
+    narrower = eqx.tree_at(lambda m: m.scale, WithNumPy(), np.float32(0.5))
+    with pytest.raises(lm.InitError, match=r"WithNumPy.scale: expected float32\[\], found float64"):
+        lm.restore(narrower, file, spec(4))  # Equinox's loader would cast it

@@ -215,3 +215,36 @@ def test_reinit_of_a_stateful_result_says_what_to_do():
     (model, _), method = init_two_norms()
     with pytest.raises(lm.InitError, match="no initial state any more"):
         lm.init_with_state(model, 0, spec(2, 3), method=method)
+
+
+class Counted(lm.Module):
+    """States made from a Python int and a NumPy array, which `eqx.nn.State` holds as
+    JAX arrays (a weak int32, a float32 without x64)."""
+
+    steps: eqx.nn.StateIndex
+    totals: eqx.nn.StateIndex
+    layer: lm.nn.Linear
+
+    def __init__(self):
+        self.steps = eqx.nn.StateIndex(0)
+        self.totals = eqx.nn.StateIndex(np.zeros(3))
+        self.layer = lm.nn.Linear(3)
+
+    def __call__(self, x, state):
+        state = state.set(self.totals, state.get(self.totals) + x)
+        return self.layer(x), state.set(self.steps, state.get(self.steps) + 1)
+
+
+def test_states_from_python_and_numpy_values_are_described_as_the_state_holds_them(tmp_path):
+    model, state = lm.init_with_state(Counted(), 0, spec(3))
+    _, state_shapes = lm.init_shapes(Counted(), spec(3), with_state=True)
+    held = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type), state
+    )
+    assert jax.tree.leaves(state_shapes) == jax.tree.leaves(held)  # was 0 and float64
+    eqx.tree_serialise_leaves(tmp_path / "counted.eqx", (model, state))
+    restored, restored_state = lm.restore(
+        Counted(), tmp_path / "counted.eqx", spec(3), with_state=True
+    )
+    assert tree_bit_equal((restored, restored_state), (model, state))
+    assert jax.tree.leaves(restored_state)[0].weak_type == jax.tree.leaves(state)[0].weak_type

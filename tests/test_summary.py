@@ -10,7 +10,7 @@ import pytest
 
 import lazymod as lm
 
-from .helpers import spec
+from .helpers import spec, WithNumPy
 
 
 class Net(lm.Module):
@@ -117,3 +117,10 @@ def test_bad_input_raises_as_init_does():
         lm.summary(lm.nn.Linear(3), spec(5), method=3)
     with pytest.raises(lm.InitError, match=r"Linear"):
         lm.summary(lm.nn.Linear(3))  # nothing to infer in_features from
+
+
+def test_numpy_arrays_show_in_their_own_dtype_and_their_values_are_read():
+    table = lm.summary(WithNumPy(), spec(4))  # its forward pass branches on a NumPy value
+    row = next(row for row in table.rows if row[0] == "(root)")
+    assert "table f64[4]" in row[3] and "half bf16[2]" in row[3] and "scale f64[]" in row[3]
+    assert "mask bool[4,4]" in row[3]
