@@ -66,13 +66,13 @@ def annotation_rule(
     partitions: dict[str, tuple[str, Partition]],
     mesh: jax.sharding.Mesh,
     rules: Mapping[str, Axis] | None = None,
-) -> Callable[[str, jax.ShapeDtypeStruct], jax.sharding.Sharding]:
+) -> Callable[[str, jax.ShapeDtypeStruct], jax.sharding.Sharding | None]:
     """The rule of `sharding=mesh` (`rules=None`: partitions name mesh axes) and of
     `sharding=AxisRules(mesh, rules)`, for a module's `partitions_of`."""
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     held = _held_on(module, mesh)
 
-    def rule(path: str, leaf: jax.ShapeDtypeStruct) -> jax.sharding.Sharding:
+    def rule(path: str, leaf: jax.ShapeDtypeStruct) -> jax.sharding.Sharding | None:
         if path not in partitions:
             shape, sharding = held.get(path, (None, replicated))
             return sharding if shape == leaf.shape else replicated
@@ -92,13 +92,16 @@ def annotation_rule(
 
 def _held_on(
     module: Any, mesh: jax.sharding.Mesh
-) -> dict[str, tuple[tuple[int, ...], jax.sharding.NamedSharding]]:
+) -> dict[str, tuple[tuple[int, ...], jax.sharding.NamedSharding | None]]:
     """`{path: (shape, sharding)}` of the arrays `module` holds already sharded over
     `mesh`: what an earlier init placed (a partial one's built layers have lost their
-    annotations), to stay where it is."""
+    annotations), to stay where it is. Inside `jax.jit`, where an array's sharding is
+    not known, every array it holds stays as it comes in (`None`: no constraint)."""
     held = {}
     for path, leaf in jtu.tree_flatten_with_path(module)[0]:
-        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
+        if isinstance(leaf, jax.core.Tracer):
+            held[path_str(path)] = (leaf.shape, None)
+        elif isinstance(leaf, jax.Array):
             sharding = leaf.sharding
             if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == mesh:
                 held[path_str(path)] = (leaf.shape, sharding)

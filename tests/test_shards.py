@@ -155,6 +155,29 @@ class Normed(lm.Module):
 normed, state = lm.init_with_state(Normed(), 0, vector, sharding=mesh)
 assert normed.linear.weight.sharding.spec == P("model", None)
 print("review: fixed")
+
+
+class Halves(lm.Module):  # the first half built by a partial init
+    first: lm.nn.Linear
+    second: lm.nn.Linear
+
+    def __init__(self):
+        self.first = lm.nn.Linear(8).partitioned(weight=("model", "data"))
+        self.second = lm.nn.Linear(4).partitioned(weight=("data", "model"))
+
+    def encode(self, x):
+        return self.first(x)
+
+    def __call__(self, x):
+        return self.second(self.encode(x))
+
+
+half = lm.init(Halves(), 0, vector, method="encode", partial=True, sharding=mesh)
+for name, finish in (("eager", lm.init), ("filter_jit", eqx.filter_jit(lm.init))):
+    whole = finish(half, 0, vector, sharding=mesh)
+    assert whole.first.weight.sharding.spec == P("model", "data"), (name, whole.first.weight)
+    assert whole.second.weight.sharding.spec == P("data", "model"), (name, whole.second.weight)
+    print(f"partial then {name}: kept")
 """
 
 
@@ -173,3 +196,5 @@ def test_every_sharding_gives_the_unsharded_values_and_stages_no_weight():
         assert f"{name}: equal" in result.stdout, result.stdout
     assert "jit: equal" in result.stdout and "logical: equal" in result.stdout
     assert "review: fixed" in result.stdout
+    assert "partial then eager: kept" in result.stdout
+    assert "partial then filter_jit: kept" in result.stdout
