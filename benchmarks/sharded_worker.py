@@ -2,9 +2,10 @@
 outputs and `inputs` inputs, initialized straight into its shards (the output axis
 split over every device), by lazymod or by Flax's `jax.jit(init, out_shardings=...)`.
 Prints one line `RESULT {json}`: the seconds the init took in this fresh process
-(compilation included), the peak of NumPy's host allocations during it (NumPy reports
-them to `tracemalloc`) and the process's peak RSS. With `--multiprocess`, the process
-first joins the local `jax.distributed` job that `examples/local_cluster.py` started."""
+(compilation included), the peak of the Python heap during it (NumPy's buffers
+included: NumPy reports them to `tracemalloc`) and the process's peak RSS. With
+`--multiprocess`, the process first joins the local `jax.distributed` job that
+`examples/local_cluster.py` started."""
 
 import argparse
 import json
