@@ -16,11 +16,13 @@ def is_numpy(leaf: Any) -> bool:
 def numpy_like(found: Any, like: np.ndarray | np.generic) -> Any:
     """`found`, read for the NumPy leaf `like`, as NumPy: an array, or a scalar of
     `like`'s type (a mismatch of shape or dtype is left for the caller to name). The
-    `.npy` format keeps a dtype NumPy lacks (bfloat16, float8, int4) as raw bytes: of
-    `like`'s width, they are `like`'s dtype again."""
+    `.npy` format keeps a dtype NumPy lacks (bfloat16, float8, int4: ml_dtypes' kind
+    "V") as raw bytes: read for such a leaf, bytes of its width are its dtype again.
+    (So a file cannot tell apart two of those dtypes of one width, int4 and uint4.)"""
     found = np.asarray(found)
     if (
         found.dtype != like.dtype
+        and like.dtype.kind == "V"
         and found.dtype.kind == "V"
         and found.dtype.names is None
         and found.dtype.itemsize == like.dtype.itemsize

@@ -95,12 +95,19 @@ def _held_on(
 ) -> dict[str, tuple[tuple[int, ...], jax.sharding.NamedSharding | None]]:
     """`{path: (shape, sharding)}` of the arrays `module` holds already sharded over
     `mesh`: what an earlier init placed (a partial one's built layers have lost their
-    annotations), to stay where it is. Inside `jax.jit`, where an array's sharding is
-    not known, every array it holds stays as it comes in (`None`: no constraint)."""
+    annotations), to stay where it is. A traced array (inside `jax.jit`) on `mesh`
+    keeps the sharding its type carries over Explicit axes; over Auto axes, whose
+    shardings a trace does not know, it is left as it comes in (`None`)."""
     held = {}
     for path, leaf in jtu.tree_flatten_with_path(module)[0]:
         if isinstance(leaf, jax.core.Tracer):
-            held[path_str(path)] = (leaf.shape, None)
+            sharding = jax.typeof(leaf).sharding
+            if isinstance(sharding, jax.sharding.NamedSharding) and (
+                sharding.mesh == mesh.abstract_mesh
+            ):
+                explicit = all(kind == jax.sharding.AxisType.Explicit for kind in mesh.axis_types)
+                kept = jax.sharding.NamedSharding(mesh, sharding.spec) if explicit else None
+                held[path_str(path)] = (leaf.shape, kept)
         elif isinstance(leaf, jax.Array):
             sharding = leaf.sharding
             if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh == mesh:

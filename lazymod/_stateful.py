@@ -51,7 +51,7 @@ def split_state(tree: Any, abstract: bool = False) -> tuple[Any, eqx.nn.State]:
 def _as_state_holds_it(value: Any) -> Any:
     """The shape of an initial state's leaf as `eqx.nn.State` holds it, through
     `jnp.asarray`: a NumPy float64 array is float32 without x64, a Python int a weakly
-    typed int32 (what init does not trace is still described, not computed)."""
+    typed int32. Only described: no array is made."""
     if isinstance(value, jax.ShapeDtypeStruct) or not eqx.is_array_like(value):
         return value
     dtype, weak = jax.dtypes.result_type(value, return_weak_type_flag=True)

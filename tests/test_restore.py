@@ -170,3 +170,12 @@ def test_a_numpy_scalar_of_another_dtype_is_a_mismatch():
     narrower = eqx.tree_at(lambda m: m.scale, WithNumPy(), np.float32(0.5))
     with pytest.raises(lm.InitError, match=r"WithNumPy.scale: expected float32\[\], found float64"):
         lm.restore(narrower, file, spec(4))  # Equinox's loader would cast it
+
+
+def test_raw_bytes_are_a_numpy_dtype_only_for_a_dtype_numpy_lacks():
+    """`.npy` keeps bfloat16 as raw bytes: they are read back as bfloat16 for a bfloat16
+    field, and are a mismatch for a float16 one of the same width (not reinterpreted)."""
+    file = saved(lm.init(WithNumPy(), 0, spec(4)))
+    other = eqx.tree_at(lambda m: m.half, WithNumPy(), np.asarray([1.5, -2.0], np.float16))
+    with pytest.raises(lm.InitError, match=r"WithNumPy.half: expected float16\[2\], found void"):
+        lm.restore(other, file, spec(4))

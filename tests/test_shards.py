@@ -178,6 +178,20 @@ for name, finish in (("eager", lm.init), ("filter_jit", eqx.filter_jit(lm.init))
     assert whole.first.weight.sharding.spec == P("model", "data"), (name, whole.first.weight)
     assert whole.second.weight.sharding.spec == P("data", "model"), (name, whole.second.weight)
     print(f"partial then {name}: kept")
+
+# An array held on another mesh (the same devices, other axes) is replicated, as any
+# array without an annotation is, inside jit too.
+other = jax.make_mesh((8,), ("rows",), axis_types=(jax.sharding.AxisType.Auto,))
+moved = eqx.tree_at(
+    lambda m: m.first.weight,
+    half,
+    jax.device_put(half.first.weight, NamedSharding(other, P("rows", None))),
+)
+for name, finish in (("eager", lm.init), ("filter_jit", eqx.filter_jit(lm.init))):
+    whole = finish(moved, 0, vector, sharding=mesh)
+    sharding = whole.first.weight.sharding
+    assert sharding.mesh == mesh and set(sharding.spec) <= {None}, (name, sharding)
+    print(f"other mesh then {name}: replicated")
 """
 
 
@@ -198,3 +212,4 @@ def test_every_sharding_gives_the_unsharded_values_and_stages_no_weight():
     assert "review: fixed" in result.stdout
     assert "partial then eager: kept" in result.stdout
     assert "partial then filter_jit: kept" in result.stdout
+    assert "other mesh then filter_jit: replicated" in result.stdout
