@@ -15,7 +15,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._errors import init_error_like, InitError
-from ._numpy_leaves import is_numpy, numpy_like
+from ._numpy_leaves import held_as, is_numpy, numpy_read
 from ._paths import display_path, KeyPath, path_str
 from ._restore import describe_leaf, weak_as_made
 from ._sentinels import is_initialized
@@ -201,7 +201,10 @@ def restore_sharded(
         stored = _stored_arrays(ocp, checkpointer, path, directory)
         _check(model, directory, expected, stored, with_state)
         default = jax.sharding.SingleDeviceSharding(_default_device())
-        targets = {key: _target(where, leaf, default) for key, (where, leaf) in expected.items()}
+        targets = {
+            key: _target(where, leaf, stored[key], default)
+            for key, (where, leaf) in expected.items()
+        }
         try:
             restored = checkpointer.restore(path, targets)
         except Exception as error:  # damaged files: name the directory
@@ -214,8 +217,8 @@ def restore_sharded(
     values = [
         weak_as_made(restored[_key(skeleton, path, with_state)[0]], leaf)
         if isinstance(leaf, jax.ShapeDtypeStruct)
-        # A NumPy array (which init leaves as it is): NumPy, as saved.
-        else numpy_like(restored[_key(skeleton, path, with_state)[0]], leaf)
+        # A NumPy array (which init leaves as it is): as saved.
+        else numpy_read(restored[_key(skeleton, path, with_state)[0]], leaf)[0]
         if is_numpy(leaf)
         else leaf  # static, a Python number or a flag: as the lazy model has it
         for path, leaf in leaves
@@ -304,7 +307,8 @@ def _check(
             continue
         raw = jax.eval_shape(jax.random.key_data, like) if _is_key(like) else like
         meta = stored[key]
-        if tuple(meta.shape) != tuple(raw.shape) or jnp.dtype(meta.dtype) != raw.dtype:
+        dtypes = {raw.dtype, held_as(like)} if is_numpy(like) else {raw.dtype}
+        if tuple(meta.shape) != tuple(raw.shape) or jnp.dtype(meta.dtype) not in dtypes:
             mismatches.append(
                 f"{where}: expected {describe_leaf(like)}, found {describe_leaf(meta)}"
             )
@@ -336,13 +340,19 @@ def _check(
 
 
 def _target(
-    where: str, leaf: jax.ShapeDtypeStruct | np.ndarray | np.generic, default: jax.sharding.Sharding
+    where: str,
+    leaf: jax.ShapeDtypeStruct | np.ndarray | np.generic,
+    stored: Any,
+    default: jax.sharding.Sharding,
 ) -> Any:
     """What Orbax restores the array into: its shape, dtype and sharding (or the default
-    device's), once the sharding is known to fit the shape; a NumPy array (read as
-    NumPy, in its dtype) as it is."""
+    device's), once the sharding is known to fit the shape. A NumPy array saved as
+    init left it is read as NumPy; saved in the dtype JAX holds it in (after a jitted
+    training step), as a JAX array on the default device."""
     if is_numpy(leaf):
-        return np.asarray(leaf)
+        if jnp.dtype(stored.dtype) == leaf.dtype:
+            return np.asarray(leaf)
+        return jax.ShapeDtypeStruct(np.shape(leaf), held_as(leaf), sharding=default)
     sharding = leaf.sharding or default
     try:
         sharding.shard_shape(leaf.shape)

@@ -11,7 +11,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._errors import InitError
-from ._numpy_leaves import is_numpy, numpy_like
+from ._numpy_leaves import is_numpy, numpy_read
 from ._paths import display_path
 from ._shapes import shapes_of
 
@@ -108,12 +108,13 @@ def restore(
                 continue
             where = _where(skeleton, path, with_state)
             try:
-                if is_numpy(like):  # a NumPy array init leaves as it is: NumPy, as saved
-                    found = numpy_like(np.load(file), like)
+                if is_numpy(like):  # a NumPy array init leaves as it is: as saved
+                    found, fits = numpy_read(np.load(file), like)
                 elif is_array:
                     found = jnp.load(file)
+                    fits = found.shape == like.shape and found.dtype == like.dtype
                 else:
-                    found = eqx.default_deserialise_filter_spec(file, like)
+                    found, fits = eqx.default_deserialise_filter_spec(file, like), True
             except EOFError:  # NumPy: no data left
                 missing = sum(
                     isinstance(leaf, jax.ShapeDtypeStruct) or eqx.is_array_like(leaf)
@@ -148,7 +149,7 @@ def restore(
                 damaged = True
                 break
             read_any = True
-            if is_array and (found.shape != like.shape or found.dtype != like.dtype):
+            if not fits:
                 mismatches.append(
                     f"{where}: expected {describe_leaf(like)}, found {describe_leaf(found)}"
                 )

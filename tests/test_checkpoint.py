@@ -333,3 +333,10 @@ def test_numpy_arrays_restore_as_numpy_in_their_dtype(tmp_path):
         lm.InitError, match=r"WithNumPy.table: expected float64\[3\], found float64\[4\]"
     ):
         lm.restore_sharded(WithNumPy(size=3), tmp_path / "numpy", spec(3))
+
+
+def test_numpy_arrays_a_jitted_step_made_jax_arrays_restore_as_those(tmp_path):
+    stepped = eqx.filter_jit(lambda model: model)(lm.init(WithNumPy(), 0, spec(4)))
+    lm.save_sharded(tmp_path / "stepped", stepped)
+    restored = lm.restore_sharded(WithNumPy(), tmp_path / "stepped", spec(4))
+    assert tree_bit_equal(restored, stepped) and isinstance(restored.table, jax.Array)

@@ -179,3 +179,12 @@ def test_raw_bytes_are_a_numpy_dtype_only_for_a_dtype_numpy_lacks():
     other = eqx.tree_at(lambda m: m.half, WithNumPy(), np.asarray([1.5, -2.0], np.float16))
     with pytest.raises(lm.InitError, match=r"WithNumPy.half: expected float16\[2\], found void"):
         lm.restore(other, file, spec(4))
+
+
+def test_numpy_arrays_a_jitted_step_made_jax_arrays_restore_as_those():
+    """An `eqx.filter_jit` training step returns a model's NumPy arrays as JAX arrays
+    (float32 for float64): its checkpoint restores to what it held, not a mismatch."""
+    stepped = eqx.filter_jit(lambda model: model)(lm.init(WithNumPy(), 0, spec(4)))
+    assert isinstance(stepped.table, jax.Array) and stepped.table.dtype == jnp.float32
+    restored = lm.restore(WithNumPy(), saved(stepped), spec(4))
+    assert tree_bit_equal(restored, stepped) and isinstance(restored.table, jax.Array)
