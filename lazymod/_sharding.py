@@ -135,7 +135,9 @@ def _put(module: Any, path: KeyPath, value: Any, target: jax.sharding.Sharding) 
             f"{display_path(module, path)}: the sharding {target} does not fit its "
             f"shape {tuple(value.shape)}: {type(error).__name__}: "
             f"{str(error).splitlines()[0]} Give this array a sharding with one entry per "
-            "axis, each dividing its size (a rule can look at leaf.shape)."
+            "axis, each dividing its size: a rule can look at leaf.shape; an annotation "
+            "(.partitioned, Initializer(partition=)) or a lazymod.AxisRules mapping can "
+            "name another mesh axis, or None."
         ) from error
 
 

@@ -192,6 +192,15 @@ for name, finish in (("eager", lm.init), ("filter_jit", eqx.filter_jit(lm.init))
     sharding = whole.first.weight.sharding
     assert sharding.mesh == mesh and set(sharding.spec) <= {None}, (name, sharding)
     print(f"other mesh then {name}: replicated")
+
+# An annotation whose mesh axis does not divide the array: the message says what to change.
+rules = lm.AxisRules(mesh, {"mlp": "model"})
+try:
+    lm.init(lm.nn.Linear(30).partitioned(weight=("mlp", None)), 0, vector, sharding=rules)
+except lm.InitValueError as error:
+    assert "Linear.weight: the sharding" in str(error), error
+    assert "an annotation (.partitioned" in str(error), error
+    print("indivisible annotation: named")
 """
 
 
@@ -213,3 +222,4 @@ def test_every_sharding_gives_the_unsharded_values_and_stages_no_weight():
     assert "partial then eager: kept" in result.stdout
     assert "partial then filter_jit: kept" in result.stdout
     assert "other mesh then filter_jit: replicated" in result.stdout
+    assert "indivisible annotation: named" in result.stdout
