@@ -613,6 +613,17 @@ ROWS = [
         (r"Embeds\.embed \(Embedding\): expected an integer index", r"\(3,\)", "jnp.int32"),
     ),
     Row(
+        "batched-token-ids-into-an-embedding",
+        Embeds,
+        lambda m: lm.init(m, 0, spec(8, 16, dtype=jnp.int32)),
+        lm.InitValueError,
+        (
+            r"Embeds\.embed \(Embedding\): expected an integer index \(a 0-d array",
+            r"\(8, 16\)",
+            "jax.vmap",
+        ),
+    ),
+    Row(
         "negative-size-for-a-layer",
         Model,
         lambda m: lm.init(lm.nn.Sequential([lm.nn.Linear(4), FromInit(-3)]), 0, spec(5)),

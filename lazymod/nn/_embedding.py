@@ -4,7 +4,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
-from .._errors import InitTypeError
+from .._errors import InitTypeError, InitValueError
 from .._running import describe, next_key
 from .._sentinels import is_sentinel, lazy
 from ._lazy import Partitioned
@@ -102,5 +102,12 @@ class Embedding(Partitioned):
                 f"got an input of dtype {jnp.dtype(x.dtype).name} and shape "
                 f"{tuple(x.shape)}. Give the input (or spec) an integer dtype such as "
                 "jnp.int32; for a sequence, jax.vmap the embedding over it."
+            )
+        if self.initializing() and getattr(x, "ndim", 0) != 0:
+            raise InitValueError(
+                f"{describe(self)} (Embedding): expected an integer index (a 0-d array: "
+                f"one token id); got an input of shape {tuple(x.shape)}. lazymod.nn "
+                "layers take unbatched inputs, as Equinox layers do: jax.vmap the "
+                "embedding over the sequence (and again over a batch of sequences)."
             )
         return self._init_result()(x, key=key)
