@@ -20,7 +20,7 @@ from ._paths import display_path, KeyPath, path_str
 from ._restore import describe_leaf, weak_as_made
 from ._sentinels import is_initialized
 from ._shapes import shapes_of
-from ._sharding import Sharding, with_shardings
+from ._sharding import Sharding
 
 
 _STATE = "state"  # the prefix of the state's arrays in a checkpoint of (model, state)
@@ -192,10 +192,9 @@ def restore_sharded(
         kwargs=kwargs,
         method=method,
         with_state=with_state,
+        sharding=sharding,
         entry="lazymod.restore_sharded",
     )
-    if sharding is not None:
-        skeleton = with_shardings(model, skeleton, sharding, with_state)
     expected = _arrays_by_key(skeleton, is_pair=with_state)
     with ocp.StandardCheckpointer() as checkpointer:
         stored = _stored_arrays(ocp, checkpointer, path, directory)

@@ -99,13 +99,13 @@ def _held_on(
     keeps the sharding its type carries over Explicit axes; over Auto axes, whose
     shardings a trace does not know, it is left as it comes in (`None`)."""
     held = {}
+    explicit = all(kind == jax.sharding.AxisType.Explicit for kind in mesh.axis_types)
     for path, leaf in jtu.tree_flatten_with_path(module)[0]:
         if isinstance(leaf, jax.core.Tracer):
             sharding = jax.typeof(leaf).sharding
             if isinstance(sharding, jax.sharding.NamedSharding) and (
                 sharding.mesh == mesh.abstract_mesh
             ):
-                explicit = all(kind == jax.sharding.AxisType.Explicit for kind in mesh.axis_types)
                 kept = jax.sharding.NamedSharding(mesh, sharding.spec) if explicit else None
                 held[path_str(path)] = (leaf.shape, kept)
         elif isinstance(leaf, jax.Array):

@@ -71,10 +71,9 @@ def init_shapes(
         method=method,
         partial=partial,
         with_state=with_state,
+        sharding=sharding,
         entry="lazymod.init_shapes",
     )
-    if sharding is not None:  # (init places no NumPy array: they get no sharding)
-        shapes = with_shardings(module, shapes, sharding, with_state)
     return jtu.tree_map(described, shapes)
 
 
@@ -86,11 +85,26 @@ def shapes_of(
     method: str | Callable[..., Any] | None,
     partial: bool = False,
     with_state: bool = False,
+    sharding: Sharding = None,
     entry: str,
 ) -> Any:
     """`init_shapes`, for the entry point `entry` (named in error notes), except that a
     NumPy array init leaves in the tree (a field the module holds, or one init assigns
-    a NumPy value) is that array, as init returns it: NumPy, in its own dtype."""
+    a NumPy value) is that array, as init returns it: NumPy, in its own dtype, and
+    given no sharding (init places none)."""
+    shapes = _shapes(module, args, kwargs, method, partial, with_state, entry)
+    return shapes if sharding is None else with_shardings(module, shapes, sharding, with_state)
+
+
+def _shapes(
+    module: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    method: str | Callable[..., Any] | None,
+    partial: bool,
+    with_state: bool,
+    entry: str,
+) -> Any:
 
     def run(module: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         result, _ = initialize(

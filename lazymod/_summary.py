@@ -9,7 +9,7 @@ import numpy as np
 
 from ._init import abstract_key, initialize
 from ._inputs import resolve_method
-from ._numpy_leaves import described
+from ._numpy_leaves import described, is_numpy
 from ._paths import path_str
 from ._shapes import eval_shape_holding_numpy
 
@@ -96,8 +96,7 @@ def summary(
     def run_and_keep_output(module: Any, *args: Any, **kwargs: Any) -> Any:
         assert function is not None
         out = function(module, *args, **kwargs)
-        # No tracer may outlive init's trace; a NumPy array shows in its own dtype.
-        outputs.append(jtu.tree_map(described, _shapes_only(out)))
+        outputs.append(_shapes_only(out))  # no tracer may outlive init's trace
         return out
 
     def build(model: Any, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -123,8 +122,12 @@ def summary(
 
 
 def _shapes_only(tree: Any) -> Any:
+    """Every array of `tree` (a JAX array, a tracer, or a NumPy array in its own dtype)
+    as its `jax.ShapeDtypeStruct`."""
     return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype) if isinstance(x, jax.Array) else x,
+        lambda x: (
+            jax.ShapeDtypeStruct(x.shape, x.dtype) if isinstance(x, jax.Array) or is_numpy(x) else x
+        ),
         tree,
     )
 

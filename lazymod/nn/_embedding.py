@@ -96,18 +96,20 @@ class Embedding(Partitioned):
     def __call__(self, x: Array, *, key: PRNGKeyArray | None = None) -> Array:
         """As `equinox.nn.Embedding.__call__`: `x` an integer index (a 0-d array);
         returns its embedding vector."""
-        if self.initializing() and not jnp.issubdtype(getattr(x, "dtype", int), jnp.integer):
-            raise InitTypeError(
-                f"{describe(self)} (Embedding): expected an integer index (a token id); "
-                f"got an input of dtype {jnp.dtype(x.dtype).name} and shape "
-                f"{tuple(x.shape)}. Give the input (or spec) an integer dtype such as "
-                "jnp.int32; for a sequence, jax.vmap the embedding over it."
-            )
-        if self.initializing() and getattr(x, "ndim", 0) != 0:
-            raise InitValueError(
-                f"{describe(self)} (Embedding): expected an integer index (a 0-d array: "
-                f"one token id); got an input of shape {tuple(x.shape)}. lazymod.nn "
-                "layers take unbatched inputs, as Equinox layers do: jax.vmap the "
-                "embedding over the sequence (and again over a batch of sequences)."
-            )
+        if self.initializing():
+            if not jnp.issubdtype(getattr(x, "dtype", int), jnp.integer):
+                raise InitTypeError(
+                    f"{describe(self)} (Embedding): expected an integer index (a token "
+                    f"id); got an input of dtype {jnp.dtype(x.dtype).name} and shape "
+                    f"{tuple(x.shape)}. Give the input (or spec) an integer dtype such as "
+                    "jnp.int32; for a sequence, jax.vmap the embedding over it."
+                )
+            if getattr(x, "ndim", 0) != 0:
+                raise InitValueError(
+                    f"{describe(self)} (Embedding): expected an integer index (a 0-d "
+                    f"array: one token id); got an input of shape {tuple(x.shape)}. "
+                    "lazymod.nn layers take unbatched inputs, as Equinox layers do: "
+                    "jax.vmap the embedding over the sequence (and again over a batch "
+                    "of sequences)."
+                )
         return self._init_result()(x, key=key)
