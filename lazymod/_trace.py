@@ -163,6 +163,10 @@ def trace(
             "lazymod.init; otherwise branch on shapes and dtypes only "
             f"({type(error).__name__}: {str(error).splitlines()[0]})"
         ) from error
+    # Only what the outputs need is kept: the forward pass's own equations (a relu
+    # between layers, the calls of built layers) are most of a deep model's jaxpr, and
+    # a kept trace would hold them for nothing.
+    closed = needed_only(closed, closed.jaxpr.outvars)
     return Traced(closed, out_shapes, skeletons[0], streams, context.left_out)
 
 
@@ -343,3 +347,15 @@ def _note_outer_traces(context: InitContext, inputs: Any) -> None:
         trace = getattr(leaf, "_trace", None)
         if isinstance(leaf, jax.core.Tracer) and all(trace is not t for t in context.outer_traces):
             context.outer_traces.append(trace)
+
+
+def needed_only(closed: jex_core.ClosedJaxpr, outvars: list[Any]) -> jex_core.ClosedJaxpr:
+    """`closed` computing only `outvars`, with only the equations they need."""
+    needed = {v for v in outvars if isinstance(v, jex_core.Var)}
+    eqns = []
+    for eqn in reversed(closed.jaxpr.eqns):
+        if any(v in needed for v in eqn.outvars):
+            eqns.append(eqn)
+            needed.update(v for v in eqn.invars if isinstance(v, jex_core.Var))
+    eqns.reverse()
+    return jex_core.ClosedJaxpr(closed.jaxpr.replace(eqns=eqns, outvars=outvars), closed.consts)

@@ -25,7 +25,7 @@ from ._context import at_top_level
 from ._errors import InitTypeError
 from ._paths import display_path
 from ._shape_only import reads_stand_in
-from ._trace import Traced
+from ._trace import needed_only, Traced
 
 
 try:  # the fast evaluator depends on JAX internals that may move
@@ -97,7 +97,7 @@ def _analysis(traced: Traced) -> tuple[list[bool], jex_core.ClosedJaxpr]:
         jaxpr = traced.jaxpr.jaxpr
         depends = depends_on_inputs(jaxpr, len(jaxpr.invars) - len(traced.streams))
         kept = [v for v, d in zip(jaxpr.outvars, depends) if not d]
-        found = _analyses[traced] = (depends, _pruned(traced.jaxpr, kept))
+        found = _analyses[traced] = (depends, needed_only(traced.jaxpr, kept))
     return found
 
 
@@ -169,18 +169,6 @@ def _runs_fast(pruned: jex_core.ClosedJaxpr) -> bool:
     return chosen_evaluator() == "fast" and bool(pruned.jaxpr.eqns) and not pruned.jaxpr.effects
 
 
-def _pruned(closed: jex_core.ClosedJaxpr, outvars: list[Any]) -> jex_core.ClosedJaxpr:
-    """`closed` computing only `outvars`, with only the equations they need."""
-    needed = {v for v in outvars if isinstance(v, jex_core.Var)}
-    eqns = []
-    for eqn in reversed(closed.jaxpr.eqns):
-        if any(v in needed for v in eqn.outvars):
-            eqns.append(eqn)
-            needed.update(v for v in eqn.invars if isinstance(v, jex_core.Var))
-    eqns.reverse()
-    return jex_core.ClosedJaxpr(closed.jaxpr.replace(eqns=eqns, outvars=outvars), closed.consts)
-
-
 def chosen_evaluator() -> str:
     """`"fast"` or `"jax"`, as the environment variable `LAZYMOD_EVALUATOR` says
     (default `"fast"`)."""
@@ -212,7 +200,7 @@ def _evaluate_sharded(
         for i, value in zip(jitted, jax.jit(run, out_shardings=shardings)(*inputs)):
             values[i] = value
     if rest:  # without the equations only the jitted values need (a QR...)
-        sub = _pruned(pruned, [outvars[i] for i in rest])
+        sub = needed_only(pruned, [outvars[i] for i in rest])
         rest_targets = [targets[i] for i in rest]
         computed = _evaluate_fast(sub, sub.jaxpr.outvars, rest_targets, inputs)
         if computed is None:

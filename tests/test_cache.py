@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 import lazymod as lm
+import lazymod._cache as _cache
 import lazymod.nn._multilayer as multilayer
 
 from .helpers import spec, tree_bit_equal
@@ -94,6 +95,27 @@ def test_init_shapes_and_init_share_the_trace():
     model = lm.init(Counted(), 0, spec(4))
     assert RUNS == ["call"]
     assert shapes.layer.weight.shape == model.layer.weight.shape == (3, 4)
+
+
+def test_a_kept_trace_holds_no_equation_of_the_forward_pass_alone():
+    # A relu between layers is only traced for shapes: keeping its equations would
+    # make the kept trace of a deep model larger for nothing.
+    class Listed(lm.Module):
+        layers: list
+
+        def __init__(self):
+            self.layers = [lm.nn.Linear(4) for _ in range(3)]
+
+        def __call__(self, x):
+            for layer in self.layers:
+                x = jax.nn.relu(layer(x))
+            return x
+
+    model = lm.init(Listed(), 0, spec(4))
+    (kept,) = _cache._traces.values()
+    names = {eqn.primitive.name for eqn in kept.jaxpr.jaxpr.eqns}
+    assert names and "custom_jvp_call" not in names
+    assert tree_bit_equal(model, lm.init(Listed(), 0, spec(4)))  # and it still serves
 
 
 def test_clear_caches_traces_again():
