@@ -75,7 +75,8 @@ def floors(repeats: int) -> dict:
 
     - `values`: JAX computing the model's parameters directly, one `jax.random.uniform`
       per array, as `eqx.nn.Linear` draws them;
-    - `trace`: JAX tracing the Equinox-built model's forward pass on the spec once.
+    - `trace`: JAX tracing the Equinox-built model's forward pass on the spec once
+      (for the user's list, on one example, as its init is called).
 
     For `init_shapes` of the 1 B Transformer, `trace` is `eqx.filter_eval_shape` of
     the forward pass of the Equinox-built (abstract) model, and there are no values."""
@@ -116,6 +117,12 @@ def floors(repeats: int) -> dict:
         built = models.builder("equinox", model)(key, 1)
         spec = jax.ShapeDtypeStruct((1, size), jnp.float32)
         results[model] = timed({"values": values_of(built), "trace": trace_of(built, spec)})
+    # The user's list is called on one example, as lazymod's init calls it.
+    listed = models.equinox_user_list(key, 1)
+    one = jax.ShapeDtypeStruct((models.NARROW_WIDTH,), jnp.float32)
+    results["user_list"] = timed(
+        {"values": values_of(listed), "trace": lambda: jax.make_jaxpr(lambda x: listed(x))(one)}
+    )
     sizes = models.BIG_TRANSFORMER
     abstract = models.equinox_transformer_shapes(key, 1)
     spec = models.transformer_spec(1, sizes)

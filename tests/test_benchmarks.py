@@ -82,12 +82,17 @@ def test_the_report_shows_each_case_once(quick, tmp_path):
         "floors": {
             "mlp": {"values": 0.1, "trace": 0.1},
             "deep_mlp": {"values": 0.1, "trace": 0.1},
+            "user_list": {"values": 0.1, "trace": 0.1},
             "init_shapes": {"trace": 0.1},
         },
         "seconds": 100.0,
     }
     page = report.write(results, tmp_path / "benchmarks.md")
     rows = [line for line in page.splitlines() if line.startswith("| ")]
+    for model in results["floors"]:  # each reference in a row of its own
+        depth = [case["depth"] for case in cases if case["model"] == model][0]
+        name = f"| {report.case_name(model, depth)} | "
+        assert sum(row.startswith(name) for row in rows) == 1, name
     for case in cases:
         name = f"| {report.case_name(case['model'], case['depth'])} ("
         assert sum(row.startswith(name) for row in rows) == 1, name
