@@ -140,6 +140,16 @@ def note_likely_causes(
                 "give the input (or spec) a float dtype such as jnp.float32, or, for "
                 "token ids, an embedding first.)"
             )
+    if isinstance(error, NameError) and "unbound axis name" in str(error):
+        error.add_note(
+            "(lazymod: init calls the forward pass on the inputs as given, and a layer "
+            "in it reduces over a named axis that nothing binds there, as an "
+            "eqx.nn.BatchNorm does in training mode. Initialize "
+            "eqx.nn.inference_mode(model), and train eqx.nn.inference_mode(result, "
+            "False); or pass method= a function that jax.vmaps the model with that "
+            "axis_name over a batch of specs. A lazy lazymod.nn.BatchNorm needs "
+            "neither: while init runs, it normalizes with its initial statistics.)"
+        )
     for index, arg in enumerate(args):
         if isinstance(arg, tuple) and arg and all(isinstance(d, int) for d in arg):
             error.add_note(

@@ -22,7 +22,9 @@ def initial_state(module: Any) -> eqx.nn.State:
             f"{type(module).__name__}: a stateful layer in it has no initial state any "
             "more (a model returned by lazymod.init_with_state or eqx.nn.make_with_state "
             "keeps its state apart). Initialize the lazy model instead, or use the "
-            "(model, state) pair you have."
+            "(model, state) pair you have. To initialize lazy layers added to it, pass "
+            "that state as the last input of lazymod.init(model, key, *inputs, state), "
+            "which returns the model."
         ) from error
 
 

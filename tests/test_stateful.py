@@ -217,6 +217,42 @@ def test_reinit_of_a_stateful_result_says_what_to_do():
         lm.init_with_state(model, 0, spec(2, 3), method=method)
 
 
+class WithHead(lm.Module):
+    norm: lm.nn.BatchNorm
+    head: lm.nn.Linear
+
+    def __init__(self, features: int = 2):
+        self.norm = lm.nn.BatchNorm("batch", mode="batch")
+        self.head = lm.nn.Linear(features)
+
+    def __call__(self, x, state):
+        x, state = self.norm(x, state)
+        return self.head(x), state
+
+
+def test_a_new_layer_in_a_trained_stateful_model_is_initialized_with_its_state():
+    model, state = lm.init_with_state(WithHead(), 0, spec(3))
+    x = jax.random.normal(jax.random.key(1), (8, 3))
+    _, state = batched(model)(x, state)  # a training step moves the statistics
+    new = eqx.tree_at(lambda m: m.head, model, lm.nn.Linear(5))
+    # A built BatchNorm in training mode needs its batch axis, which init does not bind.
+    with pytest.raises(NameError, match="unbound axis name") as raised:
+        lm.init(new, 1, spec(3), state)
+    assert "eqx.nn.inference_mode(model)" in "".join(raised.value.__notes__)
+    built = lm.init(eqx.nn.inference_mode(new), 1, spec(3), state)
+    assert built.head.weight.shape == (5, 3) and built.norm.inference
+    assert tree_bit_equal(built.norm.weight, model.norm.weight)
+    out, _ = batched(eqx.nn.inference_mode(built, False))(x, state)
+    assert out.shape == (8, 5)
+    # Through a batched method instead: the same new head, in training mode.
+    method = lambda m, x, state: batched(m)(x, state)  # noqa: E731
+    trained_mode = lm.init(new, 1, spec(2, 3), state, method=method)
+    assert not trained_mode.norm.inference
+    assert tree_bit_equal(trained_mode.head.weight, built.head.weight)
+    with pytest.raises(lm.InitError, match="as the last input of lazymod.init"):
+        lm.init_with_state(new, 1, spec(3))
+
+
 class Counted(lm.Module):
     """States made from a Python int and a NumPy array, which `eqx.nn.State` holds as
     JAX arrays (a weak int32, a float32 without x64)."""
