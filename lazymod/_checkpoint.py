@@ -46,8 +46,9 @@ def save_sharded(
 
     **Arguments:**
 
-    - `directory`: where to write the checkpoint (a path, or a URL such as
-        `gs://bucket/run/step_100` that Orbax understands). It must not exist yet.
+    - `directory`: where to write the checkpoint (a path, relative to the working
+        directory or absolute, or a URL such as `gs://bucket/run/step_100` that Orbax
+        understands). It must not exist yet.
     - `model`: an initialized model, or the pair `(model, state)`.
     - `overwrite`: replace the checkpoint already at `directory`.
 
@@ -379,10 +380,12 @@ def _default_device() -> jax.Device:
 
 
 def _as_epath(directory: str | os.PathLike[str]) -> Any:
-    """`directory` as Orbax's path type (`etils.epath.Path`: local, or `gs://...`)."""
+    """`directory` as Orbax's path type (`etils.epath.Path`: local, or `gs://...`); a
+    relative local path is made absolute (from the working directory), as Orbax needs."""
     from etils import epath
 
-    return epath.Path(directory)
+    local = "://" not in os.fspath(directory)
+    return epath.Path(os.path.abspath(directory) if local else directory)
 
 
 def _import_orbax(entry: str) -> Any:

@@ -1,5 +1,6 @@
 import contextlib
 import io
+import os
 import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
@@ -25,7 +26,7 @@ class Readable(Protocol):
 
 def restore(
     model: Any,
-    path_or_file: str | pathlib.Path | Readable,
+    path_or_file: str | os.PathLike[str] | Readable,
     /,
     *args: Any,
     method: str | Callable[..., Any] | None = None,
@@ -80,11 +81,7 @@ def restore(
             "lazymod.restore takes the model first, then the file: "
             "lazymod.restore(model, path_or_file, *inputs)."
         )
-    if isinstance(path_or_file, io.TextIOBase):
-        raise TypeError(
-            "lazymod.restore: the file is open in text mode; checkpoints are binary: "
-            "open it with open(path, 'rb'), or pass the path."
-        )
+    _check_file(path_or_file)
     skeleton = shapes_of(
         model,
         args=args,
@@ -211,13 +208,45 @@ def describe_leaf(leaf: Any) -> str:
     return f"{leaf.dtype if key else jnp.dtype(leaf.dtype).name}{list(leaf.shape)}"
 
 
+def _check_file(path_or_file: Any) -> None:
+    """Refuse, before any trace, what cannot be the file of `eqx.tree_serialise_leaves`."""
+    if isinstance(path_or_file, io.TextIOBase):
+        raise TypeError(
+            "lazymod.restore: the file is open in text mode; checkpoints are binary: "
+            "open it with open(path, 'rb'), or pass the path."
+        )
+    if isinstance(path_or_file, str | os.PathLike):
+        given = pathlib.Path(path_or_file)
+        if given.is_dir() and not _file_path(path_or_file).is_file():
+            raise IsADirectoryError(
+                f"lazymod.restore: {str(path_or_file)!r} is a directory; lazymod.restore "
+                "reads the file eqx.tree_serialise_leaves writes. For a checkpoint "
+                "lazymod.save_sharded wrote (an Orbax directory), use "
+                "lazymod.restore_sharded(model, directory, *inputs)."
+            )
+    elif not isinstance(path_or_file, Readable):
+        key = isinstance(path_or_file, int) or (
+            isinstance(path_or_file, jax.Array)
+            and jnp.issubdtype(path_or_file.dtype, jax.dtypes.prng_key)
+        )
+        raise TypeError(
+            "lazymod.restore: the file must be a path or a binary file open for reading; "
+            f"got {type(path_or_file).__name__}"
+            + (" (a key? lazymod.restore takes none)" if key else "")
+            + ". Call lazymod.restore(model, path_or_file, *inputs)."
+        )
+
+
 @contextlib.contextmanager
-def _opened(path_or_file: str | pathlib.Path | Readable) -> Iterator[Readable]:
-    if isinstance(path_or_file, (str, pathlib.Path)):
-        path = pathlib.Path(path_or_file)
-        if path.suffix == "":
-            path = path.with_suffix(".eqx")
-        with open(path, "rb") as file:
+def _opened(path_or_file: str | os.PathLike[str] | Readable) -> Iterator[Readable]:
+    if isinstance(path_or_file, str | os.PathLike):
+        with open(_file_path(path_or_file), "rb") as file:
             yield file
     else:
         yield path_or_file
+
+
+def _file_path(path: str | os.PathLike[str]) -> pathlib.Path:
+    """The file Equinox reads for `path`: `.eqx` is added to a name without a suffix."""
+    path = pathlib.Path(path)
+    return path.with_suffix(".eqx") if path.suffix == "" else path

@@ -99,6 +99,17 @@ def test_conv_and_linear_round_trip_with_a_str_path(tmp_path):
     np.testing.assert_array_equal(restored(x), trained(x))
 
 
+def test_a_relative_directory_is_from_the_working_directory(tmp_path, monkeypatch):
+    # Orbax takes absolute paths only; a relative one is the user's working directory.
+    monkeypatch.chdir(tmp_path)
+    trained = lm.init(lm.nn.Linear(3), 0, spec(2))
+    lm.save_sharded("runs/step_1", trained)
+    assert sorted(os.listdir(tmp_path / "runs")) == ["step_1"]  # no temporary left
+    assert tree_bit_equal(lm.restore_sharded(lm.nn.Linear(3), "runs/step_1", spec(2)), trained)
+    os.chdir(tmp_path / "runs")
+    assert tree_bit_equal(lm.restore_sharded(lm.nn.Linear(3), Path("step_1"), spec(2)), trained)
+
+
 def test_restore_into_another_sharding_than_saved(tmp_path):
     mesh = jax.make_mesh((len(jax.devices()),), ("model",), (jax.sharding.AxisType.Auto,))
     trained = lm.init(ConvNet(), 0, spec(1, 8, 8))  # saved from the default device
