@@ -19,6 +19,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.tree_util as jtu
 
 from ._cache import keep, known_complete, lookup, mark_complete, trace_key
 from ._collection import collection_paused
@@ -31,7 +32,7 @@ from ._sentinels import Initializer, sentinels_with_paths
 from ._sharding import place, Sharding, targets_for
 from ._stateful import initial_state, split_state
 from ._trace import NEEDS_VALUES, trace
-from ._tree import check_no_lazy_module_twice
+from ._tree import check_no_lazy_module_twice, is_lazy_layer
 from ._values import compute, reads_left_out
 
 
@@ -266,8 +267,18 @@ def abstract_key() -> jax.ShapeDtypeStruct:
 def _check_complete(result: Any, entry: str, ran: bool) -> None:
     left = sentinels_with_paths(result)
     if left:
+        # A lazymod.nn layer left unbuilt is named by its own path, not its `layer`.
+        layers = dict(jtu.tree_leaves_with_path(result, is_leaf=is_lazy_layer))
+        unbuilt = {
+            path: layers[path[:-1]]
+            for path, _ in left
+            if path[-1:] == (jtu.GetAttrKey("layer"),) and is_lazy_layer(layers.get(path[:-1]))
+        }
         lines = "\n".join(
-            f"  {display_path(result, path)} "
+            f"  {display_path(result, path[:-1])} (a lazy {type(unbuilt[path]).__name__}, "
+            "never called)"
+            if path in unbuilt
+            else f"  {display_path(result, path)} "
             f"({'Initializer' if isinstance(leaf, Initializer) else 'lazy placeholder'})"
             for path, leaf in left
         )

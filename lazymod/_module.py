@@ -14,7 +14,7 @@ from ._init import init
 from ._paths import display_path
 from ._running import current_context
 from ._sentinels import field_items, is_sentinel
-from ._tree import LazyNode
+from ._tree import is_lazy_layer, LazyNode
 
 
 # Methods of `Module` itself, which must not be tracked (see `_track`).
@@ -189,6 +189,13 @@ def _check_initialized(module: Any) -> None:
 
 
 def _uninitialized_message(where: str, module: Any, pending: list[str]) -> str:
+    if is_lazy_layer(module):
+        return (
+            f"{where} ({type(module).__name__}): this lazy layer is not initialized "
+            "(no init has built it); call "
+            "`model = lazymod.init(model, key, *inputs)` first (with inputs that reach "
+            "this layer) and use the model it returns."
+        )
     names = ", ".join(repr(name) for name in pending)
     plural = "s" if len(pending) > 1 else ""
     return (

@@ -85,6 +85,18 @@ def annotation_rule(
             )
         if rules is not None:
             partition = tuple(_to_mesh_axes(where, axis, rules) for axis in partition)
+        named = [a for axes in partition for a in (axes if isinstance(axes, tuple) else (axes,))]
+        unknown = [a for a in named if a is not None and a not in mesh.axis_names]
+        if unknown:
+            raise InitValueError(
+                f"{where}: partition={partition!r} names the mesh axis {unknown[0]!r}, "
+                f"which the mesh lacks: its axes are {mesh.axis_names}"
+                + (
+                    ". Name one of them (or None)."
+                    if rules is None
+                    else "; map the logical axis to one of them in lazymod.AxisRules."
+                )
+            )
         return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*partition))
 
     return rule

@@ -105,9 +105,14 @@ def _check_annotations(partitions: dict[str, Any], paths: Sequence[KeyPath]) -> 
     made = {path_str(path) for path in paths}
     for path, (where, _) in partitions.items():
         if path not in made:
+            parent, _, _ = path.rpartition(".")
+            prefix = parent + "." if parent else ""
+            names = [m[len(prefix) :] for m in made if m.startswith(prefix)]
+            siblings = sorted(name for name in names if "." not in name)
+            there = f"; there it makes {', '.join(siblings)}" if siblings else ""
             raise InitValueError(
-                f"{where}: a partition is given for it, but init makes no array there; "
-                "name the built layer's arrays (for a Linear: weight, bias)."
+                f"{where}: a partition is given for it, but init makes no array there{there}. "
+                "Name the built layer's arrays."
             )
 
 
@@ -160,8 +165,11 @@ def _sharding_for(
             f"{type(error).__name__}: {error}"
         ) from error
     if target is not None and not isinstance(target, jax.sharding.Sharding):
+        spec = isinstance(target, jax.sharding.PartitionSpec)
+        what = f"the PartitionSpec {target}" if spec else f"{target!r} (a {type(target).__name__})"
         raise InitError(
-            f"{display_path(module, path)}: the sharding rule returned "
-            f"{type(target).__name__}; it must return a jax.sharding.Sharding or None."
+            f"{display_path(module, path)}: the sharding rule returned {what}; it must "
+            "return a jax.sharding.Sharding or None."
+            + (" Return jax.sharding.NamedSharding(mesh, spec) instead." if spec else "")
         )
     return target

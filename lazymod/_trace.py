@@ -304,8 +304,11 @@ def _take_arrays(result: Any, context: InitContext) -> tuple[list[jax.Array], Sk
         raise InitTypeError(  # JAX's UnexpectedTracerError is a TypeError
             f"{names}: assigned a value traced inside a JAX transformation that the "
             "forward pass applies (jax.vmap, jax.lax.scan, jax.jit, ...); it cannot leave "
-            "that transformation. Assign fields from shapes and keys only, or outside "
-            "the transformation."
+            "that transformation (under jax.vmap, a value made from shapes and keys "
+            "alone can; under jax.lax.scan or jax.jit, none can). Set the field outside "
+            "the transformation: call the module once before it (for a scan, on one "
+            "step's input), or set the field in rng_init or with a lazymod.Initializer. "
+            "The lazymod.nn layers do this themselves."
         )
     for i, path in zip(positions, paths):
         if any(d < 0 for d in leaves[i].shape):

@@ -69,6 +69,12 @@ def _children(node: Any) -> list[tuple[KeyPath, Any]]:
     ]
 
 
+def is_lazy_layer(module: Any) -> bool:
+    """Whether `module` is a `lazymod.nn` layer, which init replaces by the Equinox
+    layer it builds (its one lazy field, `layer`, is internal)."""
+    return getattr(type(module), "__lazymod_layer__", False)
+
+
 def check_no_lazy_module_twice(root: Any) -> None:
     """A pytree holds a separate copy of a module at each place it appears, so a lazy
     module placed twice would silently become two layers with different weights."""

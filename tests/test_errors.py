@@ -5,6 +5,7 @@ and says what to do, and that the user's module is left exactly as it was."""
 import dataclasses
 import io
 import re
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -94,6 +95,31 @@ class LeaksFromVmap(lm.Module):
             return r
 
         return jax.vmap(row)(x)
+
+
+class NeverCalled(lm.Module):
+    used: lm.nn.Linear
+    unused: lm.nn.Linear
+
+    def __init__(self):
+        self.used, self.unused = lm.nn.Linear(2), lm.nn.Linear(2)
+
+    def __call__(self, x):
+        return self.used(x)
+
+
+class FirstCalledInScan(lm.Module):
+    """A Treex-style cell whose first call is inside the forward pass's scan."""
+
+    w: jax.Array = lm.lazy()
+
+    def cell(self, h, x):
+        if self.initializing():
+            self.w = jax.random.normal(lm.next_key(), (x.shape[-1], 2))
+        return h, x @ self.w
+
+    def __call__(self, xs):
+        return jax.lax.scan(self.cell, jnp.zeros(()), xs)[1]
 
 
 class StaticTracer(lm.Module):
@@ -404,11 +430,25 @@ ROWS = [
         (r"left 1 field uninitialized", r"Branchy\.w", "partial=True"),
     ),
     Row(
+        "lazy-layer-never-called",
+        NeverCalled,
+        lambda m: lm.init(m, 0, spec(3)),
+        lm.InitError,
+        (r"left 1 field uninitialized:\n  NeverCalled\.unused \(a lazy Linear, never called\)\n",),
+    ),
+    Row(
         "field-set-to-a-tracer-that-would-leak",
         LeaksFromVmap,
         lambda m: lm.init(m, 0, spec(4, 3)),
         lm.InitError,
         (r"LeaksFromVmap\.w", "inside a JAX transformation", "outside the transformation"),
+    ),
+    Row(
+        "field-set-in-a-scan-from-keys-alone",
+        FirstCalledInScan,
+        lambda m: lm.init(m, 0, spec(5, 3)),
+        lm.InitError,
+        (r"FirstCalledInScan\.w", "under jax.lax.scan or jax.jit, none can", "once before it"),
     ),
     Row(
         "tracer-in-a-static-field",
@@ -743,6 +783,21 @@ ROWS = [
         ("open in text mode", "'rb'"),
     ),
     Row(
+        "restore-given-a-key",
+        Model,
+        lambda m: lm.restore(m, 0, damaged(cut=slice(None)), spec(5)),
+        TypeError,
+        # Under jaxtyping's import hook, its check of the annotation speaks first.
+        ("a path or a binary file.*lazymod.restore takes none|'path_or_file'",),
+    ),
+    Row(
+        "restore-of-a-directory",
+        Model,
+        lambda m: lm.restore(m, tempfile.mkdtemp(), spec(5)),
+        IsADirectoryError,
+        ("is a directory", r"lazymod.restore_sharded\(model, directory"),
+    ),
+    Row(
         "restore-state-from-a-file-without-state",
         Stateful,
         lambda m: lm.restore(
@@ -861,6 +916,8 @@ def test_every_row_is_in_the_docs_errors_page():
         "must be at least 1",
         "takes the module first",
         "open in text mode",
+        "lazymod.restore takes none",
+        "is a directory",
         "Did you mean",
         "takes no key",
         "int seed becomes a traced array",

@@ -75,9 +75,19 @@ def test_a_logical_axis_without_a_rule_names_the_array():
         lm.init(Block(), 0, spec(4, dtype=jnp.int32), sharding=lm.AxisRules(MESH, {"mlp": None}))
 
 
-def test_a_misspelt_array_name_is_refused():
+def test_a_misspelt_array_name_is_refused_with_the_names_there():
     layer = lm.nn.Linear(4).partitioned(wieght=("model", None))
     with pytest.raises(lm.InitValueError, match=r"Linear\.wieght: a partition is given"):
+        lm.init(layer, 0, spec(3), sharding=MESH)
+    cell = lm.nn.GRUCell(4).partitioned(weight=("model", None))
+    made = "there it makes bias, bias_n, weight_hh, weight_ih"
+    with pytest.raises(lm.InitValueError, match=made):
+        lm.init(cell, 0, spec(3), jnp.zeros(4), sharding=MESH)
+
+
+def test_an_annotation_naming_no_axis_of_the_mesh_says_which_there_are():
+    layer = lm.nn.Linear(4).partitioned(weight=("modle", None))
+    with pytest.raises(lm.InitValueError, match=r"Linear\.weight: .* 'modle', which the mesh"):
         lm.init(layer, 0, spec(3), sharding=MESH)
 
 

@@ -56,8 +56,11 @@ def test_one_sharding_for_everything_and_under_filter_jit():
 def test_a_bad_rule_names_the_array():
     with pytest.raises(lm.InitError, match=r"list\[0\]\.weight: the sharding rule raised KeyError"):
         lm.init(model(), 0, spec(4), method=forward, sharding=lambda path, leaf: {}[path])
-    with pytest.raises(lm.InitError, match=r"returned str; it must return a jax.sharding"):
+    with pytest.raises(lm.InitError, match=r"returned 'model' \(a str\); it must return a jax"):
         lm.init(model(), 0, spec(4), method=forward, sharding=lambda path, leaf: "model")
+    spec_rule = lambda path, leaf: jax.sharding.PartitionSpec()  # noqa: E731
+    with pytest.raises(lm.InitError, match=r"the PartitionSpec P\(\).*NamedSharding\(mesh, spec\)"):
+        lm.init(model(), 0, spec(4), method=forward, sharding=spec_rule)
 
 
 def test_sharded_init_on_an_eight_device_mesh():

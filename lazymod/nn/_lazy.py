@@ -84,6 +84,8 @@ class LazyLayer(Partitioned):
     """
 
     layer: Any = lazy()
+    # Errors name a layer not built yet by its own path, not by this internal field.
+    __lazymod_layer__ = True
 
     def _build(self, *args: Any, **kwargs: Any) -> eqx.Module:
         raise NotImplementedError
