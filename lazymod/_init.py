@@ -30,7 +30,7 @@ from ._keys import normalize_keys
 from ._paths import display_path
 from ._sentinels import Initializer, sentinels_with_paths
 from ._sharding import place, Sharding, targets_for
-from ._stateful import initial_state, split_state
+from ._stateful import continued, initial_state, split_state
 from ._trace import NEEDS_VALUES, trace
 from ._tree import check_no_lazy_module_twice, is_lazy_layer
 from ._values import compute, reads_left_out
@@ -144,6 +144,7 @@ def init_with_state(
     method: str | Callable[..., Any] | None = None,
     partial: bool = False,
     sharding: Sharding = None,
+    state: eqx.nn.State | None = None,
     **kwargs: Any,
 ) -> tuple[Any, eqx.nn.State]:
     """The lazy counterpart of `eqx.nn.make_with_state`: initialize a model holding
@@ -155,7 +156,11 @@ def init_with_state(
     every `eqx.nn.StateIndex`'s initial value, exactly as `eqx.nn.make_with_state`
     builds it, and the model has its initial states deleted.
 
-    Takes the same arguments as [`lazymod.init`][] (but for `capture_intermediates`).
+    Takes the same arguments as [`lazymod.init`][] (but for `capture_intermediates`),
+    and `state`: for a model that holds stateful layers built already (one that
+    `init_with_state` returned, and training since), their state. Init continues it:
+    the returned state holds those values, and the initial state of every layer init
+    builds now (a lazy `BatchNorm` added to a trained model).
 
     !!! example
 
@@ -182,7 +187,7 @@ def init_with_state(
         ```
     """
     result, _ = initialize(
-        module,
+        module if state is None else continued(module, state),
         key,
         args=args,
         kwargs=kwargs,

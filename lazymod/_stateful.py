@@ -22,10 +22,32 @@ def initial_state(module: Any) -> eqx.nn.State:
             f"{type(module).__name__}: a stateful layer in it has no initial state any "
             "more (a model returned by lazymod.init_with_state or eqx.nn.make_with_state "
             "keeps its state apart). Initialize the lazy model instead, or use the "
-            "(model, state) pair you have. To initialize lazy layers added to it, pass "
-            "that state as the last input of lazymod.init(model, key, *inputs, state), "
-            "which returns the model."
+            "(model, state) pair you have; to initialize lazy layers added to it, pass "
+            "its state: lazymod.init_with_state(model, key, *inputs, state=state)."
         ) from error
+
+
+def continued(module: Any, state: eqx.nn.State) -> Any:
+    """`module` with the value `state` holds for each of its `eqx.nn.StateIndex`es as
+    that index's initial value (a trained model's running statistics, where
+    `eqx.nn.make_with_state` deleted the initial ones); an index `state` does not
+    hold (a layer added since) keeps its own."""
+    if not isinstance(state, eqx.nn.State):
+        raise TypeError(
+            "lazymod.init_with_state: state= takes the eqx.nn.State of the model's "
+            f"layers built already (as init_with_state returned it); got {type(state).__name__}."
+        )
+
+    def fill(leaf: Any) -> Any:
+        if not _is_index(leaf):
+            return leaf
+        try:
+            value = state.get(leaf)
+        except KeyError:
+            return leaf
+        return eqx.tree_at(lambda index: index.init, leaf, value)
+
+    return jtu.tree_map(fill, module, is_leaf=_is_index)
 
 
 def split_state(tree: Any, abstract: bool = False) -> tuple[Any, eqx.nn.State]:

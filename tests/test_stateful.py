@@ -238,7 +238,9 @@ def test_a_new_layer_in_a_trained_stateful_model_is_initialized_with_its_state()
     # A built BatchNorm in training mode needs its batch axis, which init does not bind.
     with pytest.raises(NameError, match="unbound axis name") as raised:
         lm.init(new, 1, spec(3), state)
-    assert "eqx.nn.inference_mode(model)" in "".join(raised.value.__notes__)
+    notes = "".join(raised.value.__notes__)
+    assert "eqx.nn.inference_mode(model)" in notes
+    assert "called with inputs (float32[3], State)" in notes  # the state as one input
     built = lm.init(eqx.nn.inference_mode(new), 1, spec(3), state)
     assert built.head.weight.shape == (5, 3) and built.norm.inference
     assert tree_bit_equal(built.norm.weight, model.norm.weight)
@@ -249,8 +251,57 @@ def test_a_new_layer_in_a_trained_stateful_model_is_initialized_with_its_state()
     trained_mode = lm.init(new, 1, spec(2, 3), state, method=method)
     assert not trained_mode.norm.inference
     assert tree_bit_equal(trained_mode.head.weight, built.head.weight)
-    with pytest.raises(lm.InitError, match="as the last input of lazymod.init"):
+    with pytest.raises(lm.InitError, match=r"init_with_state\(model, key, \*inputs, state=state"):
         lm.init_with_state(new, 1, spec(3))
+
+
+class Head(lm.Module):
+    """A head called with the state, whether it holds stateful layers or not."""
+
+    norm: lm.nn.BatchNorm | None
+    linear: lm.nn.Linear
+
+    def __init__(self, normed: bool):
+        self.norm = lm.nn.BatchNorm("batch", mode="batch") if normed else None
+        self.linear = lm.nn.Linear(2)
+
+    def __call__(self, x, state):
+        if self.norm is not None:
+            x, state = self.norm(x, state)
+        return self.linear(x), state
+
+
+class Body(lm.Module):
+    norm: lm.nn.BatchNorm
+    head: Head
+
+    def __init__(self):
+        self.norm, self.head = lm.nn.BatchNorm("batch", mode="batch"), Head(normed=False)
+
+    def __call__(self, x, state):
+        x, state = self.norm(x, state)
+        return self.head(x, state)
+
+
+def test_a_new_stateful_layer_in_a_trained_model_gets_its_state_beside_the_trained_one():
+    model, state = lm.init_with_state(Body(), 0, spec(3))
+    x = jax.random.normal(jax.random.key(1), (8, 3))
+    _, trained = batched(model)(x, state)
+    new = eqx.tree_at(lambda m: m.head, model, Head(normed=True))
+    built, merged = lm.init_with_state(eqx.nn.inference_mode(new), 1, spec(3), state=trained)
+    built = eqx.nn.inference_mode(built, False)
+    assert type(built.head.norm) is eqx.nn.BatchNorm and built.head.norm.input_size == 3
+    assert tree_bit_equal(built.norm.weight, model.norm.weight)
+    # The trained statistics are kept; the new layer starts from its initial ones.
+    kept = jax.tree.leaves(trained.substate(model.norm))
+    assert tree_bit_equal(jax.tree.leaves(merged.substate(built.norm)), kept)
+    assert not tree_bit_equal(kept, jax.tree.leaves(state.substate(model.norm)))
+    fresh = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, "batch", mode="batch")[1]
+    assert tree_bit_equal(jax.tree.leaves(merged.substate(built.head)), jax.tree.leaves(fresh))
+    out, _ = batched(built)(x, merged)  # a training step runs with every layer's state
+    assert out.shape == (8, 2)
+    with pytest.raises(TypeError, match="state= takes the eqx.nn.State|'state'"):
+        lm.init_with_state(new, 1, spec(3), state={"norm": 0})
 
 
 class Counted(lm.Module):
