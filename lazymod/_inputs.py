@@ -134,11 +134,25 @@ def note_likely_causes(
             and not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended)  # keys
             and not np.issubdtype(leaf.dtype, np.inexact)
         ]
+        default = jax.dtypes.canonicalize_dtype(np.float64)  # parameters unless dtype=
+        floats = [
+            f"args{jtu.keystr(path)} has dtype {np.dtype(leaf.dtype).name}"
+            for path, leaf in jtu.tree_leaves_with_path(args)
+            if hasattr(leaf, "dtype")
+            and np.issubdtype(leaf.dtype, np.floating)
+            and leaf.dtype != default
+        ]
         if integers:
             error.add_note(
                 f"(lazymod: the input {integers[0]}; layers compute in floating point: "
                 "give the input (or spec) a float dtype such as jnp.float32, or, for "
                 "token ids, an embedding first.)"
+            )
+        elif floats:
+            error.add_note(
+                f"(lazymod: the input {floats[0]}, and layers make their parameters in "
+                f"{default.name} unless given dtype=: give the layers dtype= of the "
+                f"input's dtype, or the input (or spec) the dtype {default.name}.)"
             )
     if isinstance(error, NameError) and "unbound axis name" in str(error):
         error.add_note(

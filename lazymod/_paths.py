@@ -6,6 +6,7 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
+import equinox as eqx
 import jax.tree_util as jtu
 
 
@@ -61,10 +62,17 @@ def path_hash(stream: str, kind: str, path: Sequence[Any], *extra: object) -> tu
 
 
 def describe_inputs(args: Any, kwargs: Any) -> str:
-    """The shapes and dtypes of the arrays among a call's inputs: `(float32[5])`."""
+    """The shapes and dtypes of the arrays among a call's inputs, an `eqx.nn.State` as
+    one: `(float32[5], State)`."""
     shapes = [
-        f"{leaf.dtype}[{','.join(str(d) for d in leaf.shape)}]"
-        for leaf in jtu.tree_leaves((args, kwargs))
-        if hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+        "State"
+        if isinstance(leaf, eqx.nn.State)
+        else f"{leaf.dtype}[{','.join(str(d) for d in leaf.shape)}]"
+        for leaf in jtu.tree_leaves((args, kwargs), is_leaf=_is_state)
+        if isinstance(leaf, eqx.nn.State) or (hasattr(leaf, "shape") and hasattr(leaf, "dtype"))
     ]
     return "(" + ", ".join(shapes) + ")"
+
+
+def _is_state(x: Any) -> bool:
+    return isinstance(x, eqx.nn.State)

@@ -187,7 +187,8 @@ def _tabulate(
 
     visit(shapes, ())
     footer = (
-        f"Total: {total_count:,} parameters in {total_arrays:,} arrays, "
+        f"Total: {total_count:,} parameters in {total_arrays:,} "
+        f"array{'' if total_arrays == 1 else 's'}, "
         f"{_format_bytes(total_bytes)}"
     )
     if state_count:

@@ -783,6 +783,13 @@ ROWS = [
         ("open in text mode", "'rb'"),
     ),
     Row(
+        "half-precision-input-into-float32-layers",
+        lambda: lm.nn.Conv2d(4, kernel_size=3),
+        lambda m: lm.init(m, 0, spec(1, 8, 8, dtype=jnp.float16)),
+        TypeError,
+        ("float16, float32", "make their parameters in float32 unless given dtype="),
+    ),
+    Row(
         "restore-given-a-key",
         Model,
         lambda m: lm.restore(m, 0, damaged(cut=slice(None)), spec(5)),

@@ -74,6 +74,8 @@ def test_allocates_and_computes_nothing_whatever_the_size():
     table = lm.summary(lm.nn.Linear(100_000), spec(100_000))
     assert "weight f32[100000,100000]" in table and "10,000,100,000" in table
     assert "37.3 GiB" in table
+    one = lm.summary(lm.nn.Linear(100_000, use_bias=False), spec(100_000))
+    assert one.splitlines()[-1] == "Total: 10,000,000,000 parameters in 1 array, 37.3 GiB"
 
 
 def test_works_on_an_initialized_model_and_does_not_modify_it():
