@@ -186,8 +186,11 @@ def init_with_state(
         assert model.norm.input_size == 4
         ```
     """
+    if state is not None:
+        check_no_lazy_module_twice(module)  # continued copies the tree
+        module = continued(module, state)
     result, _ = initialize(
-        module if state is None else continued(module, state),
+        module,
         key,
         args=args,
         kwargs=kwargs,
@@ -225,7 +228,7 @@ def initialize(
     check_no_lazy_module_twice(module)
     check_specs(args, kwargs, entry)
     if with_state and function is not None:
-        args = (*args, initial_state(module))
+        args = (*args, initial_state(module, entry))
     options = dict(
         function=function, args=args, kwargs=kwargs, capture=capture_intermediates, entry=entry
     )

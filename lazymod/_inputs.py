@@ -132,14 +132,14 @@ def note_likely_causes(
             for path, leaf in jtu.tree_leaves_with_path(args)
             if hasattr(leaf, "dtype")
             and not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended)  # keys
-            and not np.issubdtype(leaf.dtype, np.inexact)
+            and not jax.dtypes.issubdtype(leaf.dtype, np.inexact)  # bfloat16 is inexact
         ]
         default = jax.dtypes.canonicalize_dtype(np.float64)  # parameters unless dtype=
         floats = [
             f"args{jtu.keystr(path)} has dtype {np.dtype(leaf.dtype).name}"
             for path, leaf in jtu.tree_leaves_with_path(args)
             if hasattr(leaf, "dtype")
-            and np.issubdtype(leaf.dtype, np.floating)
+            and jax.dtypes.issubdtype(leaf.dtype, np.floating)
             and leaf.dtype != default
         ]
         if integers:

@@ -90,12 +90,8 @@ def annotation_rule(
         if unknown:
             raise InitValueError(
                 f"{where}: partition={partition!r} names the mesh axis {unknown[0]!r}, "
-                f"which the mesh lacks: its axes are {mesh.axis_names}"
-                + (
-                    ". Name one of them (or None)."
-                    if rules is None
-                    else "; map the logical axis to one of them in lazymod.AxisRules."
-                )
+                f"which the mesh lacks: its axes are {mesh.axis_names}. Name one of "
+                "them (or None), or map logical axes with lazymod.AxisRules."
             )
         return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*partition))
 

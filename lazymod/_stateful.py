@@ -11,7 +11,7 @@ import jax.tree_util as jtu
 from ._errors import InitValueError
 
 
-def initial_state(module: Any) -> eqx.nn.State:
+def initial_state(module: Any, entry: str = "lazymod.init_with_state") -> eqx.nn.State:
     """The state the forward pass gets during init: the initial state of every stateful
     layer already built (an `eqx.nn.BatchNorm` written by hand beside lazy layers);
     lazy layers add their own when they are built (`with_layer_state`)."""
@@ -21,9 +21,15 @@ def initial_state(module: Any) -> eqx.nn.State:
         raise InitValueError(  # Equinox raises ValueError
             f"{type(module).__name__}: a stateful layer in it has no initial state any "
             "more (a model returned by lazymod.init_with_state or eqx.nn.make_with_state "
-            "keeps its state apart). Initialize the lazy model instead, or use the "
-            "(model, state) pair you have; to initialize lazy layers added to it, pass "
-            "its state: lazymod.init_with_state(model, key, *inputs, state=state)."
+            "keeps its state apart). "
+            + (
+                "Initialize the lazy model instead, or use the (model, state) pair you "
+                "have; to initialize lazy layers added to it, pass its state: "
+                "lazymod.init_with_state(model, key, *inputs, state=state)."
+                if entry == "lazymod.init_with_state"
+                else f"Give {entry} the lazy model: with_state=True describes the pair "
+                "lazymod.init_with_state builds from it."
+            )
         ) from error
 
 
@@ -38,16 +44,31 @@ def continued(module: Any, state: eqx.nn.State) -> Any:
             f"layers built already (as init_with_state returned it); got {type(state).__name__}."
         )
 
-    def fill(leaf: Any) -> Any:
+    def fill(path: Any, leaf: Any) -> Any:
         if not _is_index(leaf):
             return leaf
         try:
             value = state.get(leaf)
         except KeyError:
-            return leaf
+            if _has_initial_state(leaf):
+                return leaf  # a layer added since: its own initial state
+            raise InitValueError(
+                f"{type(module).__name__}{jtu.keystr(path)}: the state given as state= "
+                "holds no value for this stateful layer, whose initial state was deleted. "
+                "Pass the whole state init_with_state returned with this model (as "
+                "training moved it), not a substate or another model's."
+            ) from None
         return eqx.tree_at(lambda index: index.init, leaf, value)
 
-    return jtu.tree_map(fill, module, is_leaf=_is_index)
+    return jtu.tree_map_with_path(fill, module, is_leaf=_is_index)
+
+
+def _has_initial_state(index: eqx.nn.StateIndex) -> bool:
+    try:
+        eqx.nn.State(index)  # Equinox refuses an index whose initial state was deleted
+    except ValueError:
+        return False
+    return True
 
 
 def split_state(tree: Any, abstract: bool = False) -> tuple[Any, eqx.nn.State]:

@@ -361,4 +361,8 @@ def needed_only(closed: jex_core.ClosedJaxpr, outvars: list[Any]) -> jex_core.Cl
             eqns.append(eqn)
             needed.update(v for v in eqn.invars if isinstance(v, jex_core.Var))
     eqns.reverse()
-    return jex_core.ClosedJaxpr(closed.jaxpr.replace(eqns=eqns, outvars=outvars), closed.consts)
+    # Only the effects of the equations kept: one of a dropped `jax.debug.print` would
+    # keep the fast evaluator off for nothing.
+    effects = {e for e in closed.jaxpr.effects if any(e in eqn.effects for eqn in eqns)}
+    jaxpr = closed.jaxpr.replace(eqns=eqns, outvars=outvars, effects=effects)
+    return jex_core.ClosedJaxpr(jaxpr, closed.consts)

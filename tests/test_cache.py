@@ -12,6 +12,7 @@ import pytest
 
 import lazymod as lm
 import lazymod._cache as _cache
+import lazymod._values as _values
 import lazymod.nn._multilayer as multilayer
 
 from .helpers import spec, tree_bit_equal
@@ -116,6 +117,26 @@ def test_a_kept_trace_holds_no_equation_of_the_forward_pass_alone():
     names = {eqn.primitive.name for eqn in kept.jaxpr.jaxpr.eqns}
     assert names and "custom_jvp_call" not in names
     assert tree_bit_equal(model, lm.init(Listed(), 0, spec(4)))  # and it still serves
+
+
+def test_an_effect_of_the_forward_pass_alone_leaves_the_fast_evaluator_on(monkeypatch):
+    # A jax.debug.print in the forward pass computes no value: its equation is dropped
+    # from the kept trace, and so is its effect, which would turn the fast evaluator off.
+    class Printing(lm.Module):
+        layer: lm.nn.Linear
+
+        def __init__(self):
+            self.layer = lm.nn.Linear(3)
+
+        def __call__(self, x):
+            jax.debug.print("x = {}", x)
+            return self.layer(x)
+
+    monkeypatch.setenv("LAZYMOD_EVALUATOR", "fast")
+    lm.init(Printing(), 0, spec(4))
+    (kept,) = _cache._traces.values()
+    assert not kept.jaxpr.jaxpr.effects
+    assert _values._templates.get(kept) is not None  # the fast evaluator recorded it
 
 
 def test_clear_caches_traces_again():

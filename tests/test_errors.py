@@ -97,6 +97,11 @@ class LeaksFromVmap(lm.Module):
         return jax.vmap(row)(x)
 
 
+def restore_from_a_directory(model: Any) -> Any:
+    with tempfile.TemporaryDirectory() as directory:
+        return lm.restore(model, directory, spec(5))
+
+
 class NeverCalled(lm.Module):
     used: lm.nn.Linear
     unused: lm.nn.Linear
@@ -790,6 +795,13 @@ ROWS = [
         ("float16, float32", "make their parameters in float32 unless given dtype="),
     ),
     Row(
+        "bfloat16-input-into-float32-layers",
+        lambda: lm.nn.Conv2d(4, kernel_size=3),
+        lambda m: lm.init(m, 0, spec(1, 8, 8, dtype=jnp.bfloat16)),
+        TypeError,
+        ("has dtype bfloat16, and layers make their parameters in float32",),
+    ),
+    Row(
         "restore-given-a-key",
         Model,
         lambda m: lm.restore(m, 0, damaged(cut=slice(None)), spec(5)),
@@ -800,7 +812,7 @@ ROWS = [
     Row(
         "restore-of-a-directory",
         Model,
-        lambda m: lm.restore(m, tempfile.mkdtemp(), spec(5)),
+        lambda m: restore_from_a_directory(m),
         IsADirectoryError,
         ("is a directory", r"lazymod.restore_sharded\(model, directory"),
     ),

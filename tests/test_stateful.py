@@ -302,6 +302,17 @@ def test_a_new_stateful_layer_in_a_trained_model_gets_its_state_beside_the_train
     assert out.shape == (8, 2)
     with pytest.raises(TypeError, match="state= takes the eqx.nn.State|'state'"):
         lm.init_with_state(new, 1, spec(3), state={"norm": 0})
+    # A state without the trained layer's entry (a substate) is named, not taken.
+    with pytest.raises(lm.InitError, match=r"Body\.norm\.\w+: the state given as state= holds"):
+        lm.init_with_state(new, 1, spec(3), state=trained.substate(model.head))
+
+
+def test_a_lazy_layer_placed_twice_is_refused_with_a_state_too():
+    model, state = lm.init_with_state(Body(), 0, spec(3))
+    shared = Head(normed=False)
+    twice = [model, shared, shared]  # one lazy object at two places
+    with pytest.raises(lm.InitError, match=r"list\[1\] and list\[2\] are the same lazy Head"):
+        lm.init_with_state(twice, 1, spec(3), state=state, method=lambda t, x, s: t[0](x, s))
 
 
 class Counted(lm.Module):
