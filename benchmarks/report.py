@@ -266,20 +266,20 @@ def _floors_table(results: dict) -> list[str]:
         "[later inits](performance.md#later-inits)), paying the values only. The",
         "reference's parts are warm medians, measured in one process, interleaved",
         "(`python -m benchmarks.worker lazymod floors`); the ratios are to the later",
-        "inits of the summary table, but for the last column. That one bounds the first",
-        "inits: code of your own in the forward pass (the relu between the layers of",
-        "your module) is traced as it is written, at every first init, and a first",
-        "`lm.init_shapes` traces the forward pass of each kind of layer where Equinox's",
-        "`eqx.filter_eval_shape` traces the constructors only.",
+        "inits of the summary table, but for the last column, which is to Equinox's",
+        "first init. Where the forward pass runs code of your own (the relu between the",
+        "layers of your module), it is about the least a first init by tracing can cost,",
+        "as that code is traced as it is written; a first `lm.init_shapes` traces the",
+        "forward pass of each kind of layer, where `eqx.filter_eval_shape` of the",
+        "constructor traces no forward pass at all.",
         "",
         "| case | JAX computing the values | JAX tracing the forward pass | reference |"
         " reference ÷ Equinox | lazymod ÷ reference | tracing ÷ Equinox's first init |",
         "|---|---|---|---|---|---|---|",
     ]
-    deep = [c["depth"] for c in results["cases"] if c["model"] == "deep_mlp"][0]
-    listed = [c["depth"] for c in results["cases"] if c["model"] == "user_list"][0]
-    rows = (("mlp", None), ("deep_mlp", deep), ("user_list", listed), ("init_shapes", None))
-    for model, depth in (row for row in rows if row[0] in floors):
+    depths = {c["model"]: c["depth"] for c in results["cases"]}
+    rows = [(model, depths.get(model)) for model in ("mlp", "deep_mlp", "user_list", "init_shapes")]
+    for model, depth in (row for row in rows if row[0] in floors and row[0] in depths):
         f = floors[model]
         floor = f.get("values", 0.0) + f["trace"]
         ours, theirs = (find(runs, fw, model, depth=depth) for fw in ("lazymod", "equinox"))
