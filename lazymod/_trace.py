@@ -361,8 +361,9 @@ def needed_only(closed: jex_core.ClosedJaxpr, outvars: list[Any]) -> jex_core.Cl
             eqns.append(eqn)
             needed.update(v for v in eqn.invars if isinstance(v, jex_core.Var))
     eqns.reverse()
-    # Only the effects of the equations kept: one of a dropped `jax.debug.print` would
-    # keep the fast evaluator off for nothing.
-    effects = {e for e in closed.jaxpr.effects if any(e in eqn.effects for eqn in eqns)}
+    # No effects if no equation kept has one: that of a dropped `jax.debug.print` would
+    # keep the fast evaluator off for nothing. Otherwise all, as declared (an input
+    # effect's index is the jaxpr's, not an equation's).
+    effects = closed.jaxpr.effects if any(eqn.effects for eqn in eqns) else set()
     jaxpr = closed.jaxpr.replace(eqns=eqns, outvars=outvars, effects=effects)
     return jex_core.ClosedJaxpr(jaxpr, closed.consts)
