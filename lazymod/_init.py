@@ -73,11 +73,13 @@ def init(
         `True`, return the partly initialized module; a later `init` fills the rest.
     - `capture_intermediates`: if `True`, also return a dict from submodule path (like
         `"layers[0]"`) to the output of that submodule's `__call__` during init
-        (a `jax.ShapeDtypeStruct` where it depends on a spec); the root's output is
-        under `"__call__"`, and later calls of a module under `"layers[0]#1"`, .... As
-        in Flax, a function `filter(module, method_name) -> bool` instead chooses which
-        method calls are stored; another method's output is under
-        `"path.method_name"` (`"method_name"` for the root).
+        (a `jax.ShapeDtypeStruct` where it depends on a spec, or where the call runs
+        inside a `jax.vmap`, `jax.lax.scan` or `jax.jit` of the forward pass, whose
+        values cannot leave it: its shape there, per example under `jax.vmap`); the
+        root's output is under `"__call__"`, and later calls of a module under
+        `"layers[0]#1"`, .... As in Flax, a function `filter(module, method_name) ->
+        bool` instead chooses which method calls are stored; another method's output is
+        under `"path.method_name"` (`"method_name"` for the root).
 
     - `sharding`: where to put each array: a function `rule(path, leaf)` of the
         array's path (like `"layers[0].weight"`) and its `jax.ShapeDtypeStruct`,

@@ -184,6 +184,10 @@ def test_spec_batch_size_is_never_allocated():
     model, intermediates = lm.init(Batched(Linear(3)), 0, huge, capture_intermediates=True)
     assert model.inner.w.shape == (1024, 3)
     assert intermediates["inner"] == jax.ShapeDtypeStruct((3,), jnp.float32)
+    # On real inputs too: a value inside the vmap cannot leave it; the root's output can.
+    _, values = lm.init(Batched(Linear(3)), 0, jnp.ones((5, 4)), capture_intermediates=True)
+    assert values["inner"] == jax.ShapeDtypeStruct((3,), jnp.float32)
+    assert isinstance(values["__call__"], jax.Array) and values["__call__"].shape == (5, 3)
 
 
 def test_pytrees_of_inputs_and_kwargs():
