@@ -52,8 +52,7 @@ class AxisRules:
         if not isinstance(self.mesh, jax.sharding.Mesh):
             raise TypeError(f"lazymod.AxisRules takes a jax.sharding.Mesh; got {self.mesh!r}.")
         for name, axes in dict(self.rules).items():
-            named = axes if isinstance(axes, tuple) else (axes,)
-            unknown = [a for a in named if a is not None and a not in self.mesh.axis_names]
+            unknown = _off_mesh((axes,), self.mesh)
             if not isinstance(name, str) or unknown:
                 raise ValueError(
                     f"lazymod.AxisRules: the rule {name!r} -> {axes!r} must map a str to "
@@ -85,8 +84,7 @@ def annotation_rule(
             )
         if rules is not None:
             partition = tuple(_to_mesh_axes(where, axis, rules) for axis in partition)
-        named = [a for axes in partition for a in (axes if isinstance(axes, tuple) else (axes,))]
-        unknown = [a for a in named if a is not None and a not in mesh.axis_names]
+        unknown = _off_mesh(partition, mesh)
         if unknown:
             raise InitValueError(
                 f"{where}: partition={partition!r} names the mesh axis {unknown[0]!r}, "
@@ -136,6 +134,13 @@ def partitions_of(module: Any) -> dict[str, tuple[str, Partition]]:
             at = path_str(path) + ("." if path else "") + field
             found[at] = (f"{display_path(module, path)}.{field}", partition)
     return found
+
+
+def _off_mesh(partition: tuple[Axis, ...], mesh: jax.sharding.Mesh) -> list[str]:
+    """The names in `partition` (entries of mesh axes: a name, a tuple of them, or
+    `None`) that are not axes of `mesh`."""
+    named = [a for axes in partition for a in (axes if isinstance(axes, tuple) else (axes,))]
+    return [a for a in named if a is not None and a not in mesh.axis_names]
 
 
 def _to_mesh_axes(where: str, axis: Axis, rules: Mapping[str, Axis]) -> Axis:
