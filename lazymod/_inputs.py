@@ -127,21 +127,16 @@ def note_likely_causes(
             "lazymod.summary and lazymod.restore take with_state=True.)"
         )
     if "dtype" in str(error):
-        integers = [
-            f"args{jtu.keystr(path)} has dtype {np.dtype(leaf.dtype).name}"
+        dtypes = [
+            (f"args{jtu.keystr(path)} has dtype {np.dtype(leaf.dtype).name}", leaf.dtype)
             for path, leaf in jtu.tree_leaves_with_path(args)
             if hasattr(leaf, "dtype")
             and not jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended)  # keys
-            and not jax.dtypes.issubdtype(leaf.dtype, np.inexact)  # bfloat16 is inexact
         ]
+        # (jax.dtypes.issubdtype: bfloat16 is inexact, which NumPy's does not know)
+        integers = [s for s, d in dtypes if not jax.dtypes.issubdtype(d, np.inexact)]
         default = jax.dtypes.canonicalize_dtype(np.float64)  # parameters unless dtype=
-        floats = [
-            f"args{jtu.keystr(path)} has dtype {np.dtype(leaf.dtype).name}"
-            for path, leaf in jtu.tree_leaves_with_path(args)
-            if hasattr(leaf, "dtype")
-            and jax.dtypes.issubdtype(leaf.dtype, np.floating)
-            and leaf.dtype != default
-        ]
+        floats = [s for s, d in dtypes if jax.dtypes.issubdtype(d, np.floating) and d != default]
         if integers:
             error.add_note(
                 f"(lazymod: the input {integers[0]}; layers compute in floating point: "

@@ -65,11 +65,9 @@ def describe_inputs(args: Any, kwargs: Any) -> str:
     """The shapes and dtypes of the arrays among a call's inputs, an `eqx.nn.State` as
     one: `(float32[5], State)`."""
     shapes = [
-        "State"
-        if isinstance(leaf, eqx.nn.State)
-        else f"{leaf.dtype}[{','.join(str(d) for d in leaf.shape)}]"
+        "State" if _is_state(leaf) else f"{leaf.dtype}[{','.join(str(d) for d in leaf.shape)}]"
         for leaf in jtu.tree_leaves((args, kwargs), is_leaf=_is_state)
-        if isinstance(leaf, eqx.nn.State) or (hasattr(leaf, "shape") and hasattr(leaf, "dtype"))
+        if _is_state(leaf) or (hasattr(leaf, "shape") and hasattr(leaf, "dtype"))
     ]
     return "(" + ", ".join(shapes) + ")"
 
