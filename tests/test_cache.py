@@ -36,6 +36,20 @@ class Counted(lm.Module):
         return self.layer(x)
 
 
+class ReluStack(lm.Module):
+    """`depth` lazy Linears of `width` in a list, a relu after each, as a user writes it."""
+
+    layers: list
+
+    def __init__(self, width: int, depth: int):
+        self.layers = [lm.nn.Linear(width) for _ in range(depth)]
+
+    def __call__(self, x):
+        for layer in self.layers:
+            x = jax.nn.relu(layer(x))
+        return x
+
+
 @pytest.fixture(autouse=True)
 def fresh():
     lm.clear_caches()
@@ -101,22 +115,11 @@ def test_init_shapes_and_init_share_the_trace():
 def test_a_kept_trace_holds_no_equation_of_the_forward_pass_alone():
     # A relu between layers is only traced for shapes: keeping its equations would
     # make the kept trace of a deep model larger for nothing.
-    class Listed(lm.Module):
-        layers: list
-
-        def __init__(self):
-            self.layers = [lm.nn.Linear(4) for _ in range(3)]
-
-        def __call__(self, x):
-            for layer in self.layers:
-                x = jax.nn.relu(layer(x))
-            return x
-
-    model = lm.init(Listed(), 0, spec(4))
+    model = lm.init(ReluStack(4, 3), 0, spec(4))
     (kept,) = _cache._traces.values()
     names = {eqn.primitive.name for eqn in kept.jaxpr.jaxpr.eqns}
     assert names and "custom_jvp_call" not in names
-    assert tree_bit_equal(model, lm.init(Listed(), 0, spec(4)))  # and it still serves
+    assert tree_bit_equal(model, lm.init(ReluStack(4, 3), 0, spec(4)))  # and it still serves
 
 
 def test_an_effect_of_the_forward_pass_alone_leaves_the_fast_evaluator_on(monkeypatch):
@@ -213,32 +216,21 @@ def test_alike_built_layers_trace_their_forward_pass_and_constructor_once(monkey
     calls = count_linear_calls(monkeypatch)
     builds = count_linear_builds(monkeypatch)
 
-    class Stack(lm.Module):
-        layers: list
-
-        def __init__(self):
-            self.layers = [lm.nn.Linear(13) for _ in range(10)]
-
-        def __call__(self, x):
-            for layer in self.layers:
-                x = jax.nn.relu(layer(x))
-            return x
-
     # A width no other test uses: the traces are kept for the whole process.
-    built = lm.init(Stack(), 0, spec(13))
+    built = lm.init(ReluStack(13, 10), 0, spec(13))
     assert calls == [(13,)]  # ten alike layers: one trace of eqx.nn.Linear.__call__
     assert builds == [(13, 13), (13, 13)]  # the first built as it is, then kept
-    lm.init(Stack(), 1, jnp.ones(13))  # another init: traced already, but for
+    lm.init(ReluStack(13, 10), 1, jnp.ones(13))  # another init: traced already, but for
     assert len(calls) == 2  # the first layer, which is given a real array
 
-    class Branching(Stack):
+    class Branching(ReluStack):
         def __call__(self, x):
             if float(x.sum()) > 0:  # needs the input's value: traced op by op
                 return super().__call__(x)
             return x
 
     real = jnp.ones(13)
-    data_dependent = lm.init(Branching(), 0, real)
+    data_dependent = lm.init(Branching(13, 10), 0, real)
     assert len(calls) == 12  # every layer runs, on values
     assert tree_bit_equal(built.layers, data_dependent.layers)  # the same values either way
 
