@@ -14,13 +14,14 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._errors import init_error_like, InitError
+from ._errors import InitError
 from ._numpy_leaves import held_as, is_numpy, numpy_read
 from ._paths import display_path, KeyPath, path_str
 from ._restore import describe_leaf, weak_as_made
 from ._sentinels import is_initialized
 from ._shapes import shapes_of
 from ._sharding import Sharding
+from ._stateful import state_paths
 
 
 _STATE = "state"  # the prefix of the state's arrays in a checkpoint of (model, state)
@@ -94,7 +95,8 @@ def save_sharded(
                 f"lazymod.save_sharded: {where} is held by process {jax.process_index()} "
                 "alone, but this run has several processes: every array must be a global "
                 "jax.Array. Give it a sharding over the global mesh (replicated: "
-                "NamedSharding(mesh, PartitionSpec())), in the `sharding=` of lazymod.init."
+                "NamedSharding(mesh, PartitionSpec())), in the `sharding=` of lazymod.init "
+                "or lazymod.restore_sharded."
             )
         arrays[key] = leaf
     if not arrays:
@@ -149,7 +151,9 @@ def restore_sharded(
         goes whole to the default device.
     - `with_state`: restore the pair `(model, state)` saved by
         `save_sharded(directory, (model, state))`, as [`lazymod.init_with_state`][]
-        builds it; the state goes to the default device.
+        builds it. The state's arrays are placed as init places them: as `sharding`
+        says at their path in the model (`norm.state_index.init[0]`; by a mesh or
+        `AxisRules`, replicated).
 
     **Returns:** the model (or the pair), materialized with the checkpoint's arrays.
 
@@ -162,7 +166,7 @@ def restore_sharded(
         import lazymod as lm
         from jax.sharding import NamedSharding, PartitionSpec as P
 
-        mesh = jax.make_mesh((len(jax.devices()),), ("model",))
+        mesh = jax.make_mesh((len(jax.devices()),), ("model",), (jax.sharding.AxisType.Auto,))
         spec = jax.ShapeDtypeStruct((16,), jnp.float32)
         trained = lm.init(lm.nn.Linear(8), 0, spec)
         with tempfile.TemporaryDirectory() as tmp:
@@ -201,10 +205,7 @@ def restore_sharded(
         stored = _stored_arrays(ocp, checkpointer, path, directory)
         _check(model, directory, expected, stored, with_state)
         default = jax.sharding.SingleDeviceSharding(_default_device())
-        targets = {
-            key: _target(where, leaf, stored[key], default)
-            for key, (where, leaf) in expected.items()
-        }
+        targets = {key: _target(leaf, stored[key], default) for key, (_, leaf) in expected.items()}
         try:
             restored = checkpointer.restore(path, targets)
         except Exception as error:  # damaged files: name the directory
@@ -215,10 +216,10 @@ def restore_sharded(
             ) from error
     leaves, treedef = jtu.tree_flatten_with_path(skeleton)
     values = [
-        weak_as_made(restored[_key(skeleton, path, with_state)[0]], leaf)
+        weak_as_made(restored[_key(path, with_state)], leaf)
         if isinstance(leaf, jax.ShapeDtypeStruct)
         # A NumPy array (which init leaves as it is): as saved.
-        else numpy_read(restored[_key(skeleton, path, with_state)[0]], leaf)[0]
+        else numpy_read(restored[_key(path, with_state)], leaf)[0]
         if is_numpy(leaf)
         else leaf  # static, a Python number or a flag: as the lazy model has it
         for path, leaf in leaves
@@ -228,12 +229,18 @@ def restore_sharded(
 
 def _arrays_by_key(tree: Any, *, is_pair: bool) -> dict[str, tuple[str, Any]]:
     """Every array (or `jax.ShapeDtypeStruct`) of `tree` by its checkpoint key, with
-    where it is as a reader names it (`MLP.layers[0].weight`)."""
+    where it is as a reader names it (`MLP.layers[0].weight`; a state's array by its
+    layer: `the state Net.norm.state_index.init[0]`)."""
     found: dict[str, tuple[str, Any]] = {}
+    in_state = iter(state_paths(*tree) if is_pair else ())
     for path, leaf in jtu.tree_flatten_with_path(tree)[0]:
+        if is_pair and path[0].idx == 1:
+            where = "the state " + display_path(tree[0], next(in_state))
+        else:
+            where = display_path(tree[0], path[1:]) if is_pair else display_path(tree, path)
         if not (eqx.is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct)):
             continue  # static, a Python number or a flag: not in the checkpoint
-        key, where = _key(tree, path, is_pair)
+        key = _key(path, is_pair)
         if key in found:
             raise InitError(
                 f"{found[key][0]} and {where} have the same path {key!r}, so a checkpoint "
@@ -243,14 +250,13 @@ def _arrays_by_key(tree: Any, *, is_pair: bool) -> dict[str, tuple[str, Any]]:
     return found
 
 
-def _key(tree: Any, path: KeyPath, is_pair: bool) -> tuple[str, str]:
-    """The checkpoint key of the array at `path`, and its name in messages."""
+def _key(path: KeyPath, is_pair: bool) -> str:
+    """The checkpoint key of the array at `path` (in the model, or the pair)."""
     if not is_pair:
-        return path_str(path), display_path(tree, path)
+        return path_str(path)
     if path[0].idx == 0:
-        return path_str(path[1:]), display_path(tree[0], path[1:])
-    key = _STATE + path_str(path[1:], leading_dot=True)
-    return key, key
+        return path_str(path[1:])
+    return _STATE + path_str(path[1:], leading_dot=True)
 
 
 def _stored_arrays(ocp: Any, checkpointer: Any, path: Any, directory: Any) -> dict[str, Any]:
@@ -340,7 +346,6 @@ def _check(
 
 
 def _target(
-    where: str,
     leaf: jax.ShapeDtypeStruct | np.ndarray | np.generic,
     stored: Any,
     default: jax.sharding.Sharding,
@@ -353,17 +358,8 @@ def _target(
         if jnp.dtype(stored.dtype) == leaf.dtype:
             return np.asarray(leaf)
         return jax.ShapeDtypeStruct(np.shape(leaf), held_as(leaf), sharding=default)
-    sharding = leaf.sharding or default
-    try:
-        sharding.shard_shape(leaf.shape)
-    except Exception as error:
-        raise init_error_like(error)(
-            f"lazymod.restore_sharded: {where}: the sharding {sharding} does not fit its "
-            f"shape {tuple(leaf.shape)}: {type(error).__name__}: {_first_line(error)} Give "
-            "this array a sharding with one entry per axis, each dividing its size (a rule "
-            "can look at leaf.shape)."
-        ) from error
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+    # (init_shapes refused a sharding that does not fit the shape.)
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding or default)
 
 
 def _is_key(leaf: Any) -> bool:

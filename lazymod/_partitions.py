@@ -37,7 +37,7 @@ class AxisRules:
     ```python
     import jax, jax.numpy as jnp, lazymod as lm
 
-    mesh = jax.make_mesh((len(jax.devices()),), ("model",))
+    mesh = jax.make_mesh((len(jax.devices()),), ("model",), (jax.sharding.AxisType.Auto,))
     layer = lm.nn.Linear(8).partitioned(weight=("mlp", "embed"), bias=("mlp",))
     rules = lm.AxisRules(mesh, {"mlp": "model", "embed": None})
     layer = lm.init(layer, 0, jax.ShapeDtypeStruct((4,), jnp.float32), sharding=rules)

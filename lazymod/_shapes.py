@@ -37,7 +37,8 @@ def init_shapes(
     of shapes (the method then takes the state last, as there). With `sharding=` (as
     `lazymod.init` takes it), each `ShapeDtypeStruct` carries its array's sharding:
     the abstract state to pass as `out_shardings`, or as the target of a sharded
-    restore (see [Sharding](sharding.md)). A NumPy array, which `lazymod.init` leaves
+    restore (see [Sharding](sharding.md)); a sharding that does not fit its array is
+    refused, as init refuses it. A NumPy array, which `lazymod.init` leaves
     as it is, is described in its own dtype (float64 stays float64 without x64) and
     with no sharding.
 

@@ -10,6 +10,7 @@ import numpy as np
 from ._errors import init_error_like, InitError, InitValueError
 from ._partitions import annotation_rule, AxisRules, partitions_of
 from ._paths import display_path, KeyPath, path_str
+from ._stateful import state_paths
 
 
 # `rule(path, leaf) -> Sharding | None`, as `lazymod.init(..., sharding=rule)` takes it.
@@ -73,20 +74,31 @@ def place(
 
 def with_shardings(module: Any, tree: Any, sharding: Sharding, with_state: bool) -> Any:
     """The tree of `jax.ShapeDtypeStruct`s `init_shapes` returns, each carrying the
-    sharding `sharding=` gives its array (the state's: none)."""
+    sharding init would give its array. The state's arrays (of the pair `(model,
+    state)`) are sharded as init shards them, at their path in the model
+    (`norm.state_index.init[0]`). A sharding that does not fit its array's shape is
+    refused here, as init refuses it."""
     leaves, treedef = jtu.tree_flatten_with_path(tree)
-    # With the state, the tree is (model, state): paths into the model lose the [0].
-    model = [
-        (i, path[1:] if with_state else path, leaf)
-        for i, (path, leaf) in enumerate(leaves)
-        if isinstance(leaf, jax.ShapeDtypeStruct) and (not with_state or path[0].idx == 0)
-    ]
-    found = targets_for(module, [leaf for *_, leaf in model], [p for _, p, _ in model], sharding)
+    paths = [path for path, _ in leaves]
+    if with_state:  # the pair: paths into the model lose the [0]; the state's, as init
+        model, state = tree
+        in_state = iter(state_paths(model, state))
+        paths = [path[1:] if path[0].idx == 0 else next(in_state) for path in paths]
+    arrays = [i for i, (_, leaf) in enumerate(leaves) if isinstance(leaf, jax.ShapeDtypeStruct)]
+    found = targets_for(
+        module, [leaves[i][1] for i in arrays], [paths[i] for i in arrays], sharding
+    )
     out = [leaf for _, leaf in leaves]
-    for (i, _, leaf), target in zip(model, found):
-        out[i] = jax.ShapeDtypeStruct(
-            leaf.shape, leaf.dtype, sharding=target, weak_type=leaf.weak_type
-        )
+    for i, target in zip(arrays, found):
+        leaf = leaves[i][1]
+        try:  # (the struct checks the rank; shard_shape, that each axis divides)
+            out[i] = jax.ShapeDtypeStruct(
+                leaf.shape, leaf.dtype, sharding=target, weak_type=leaf.weak_type
+            )
+            if target is not None:
+                target.shard_shape(leaf.shape)
+        except (ValueError, TypeError) as error:
+            raise _misfit(module, paths[i], leaf.shape, target, error) from error
     return jtu.tree_unflatten(treedef, out)
 
 
@@ -136,14 +148,25 @@ def _put(module: Any, path: KeyPath, value: Any, target: jax.sharding.Sharding) 
         host = np.asarray(value)
         return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
     except (ValueError, TypeError) as error:
-        raise init_error_like(error)(
-            f"{display_path(module, path)}: the sharding {target} does not fit its "
-            f"shape {tuple(value.shape)}: {type(error).__name__}: "
-            f"{str(error).splitlines()[0]} Give this array a sharding with one entry per "
-            "axis, each dividing its size: a rule can look at leaf.shape; an annotation "
-            "(.partitioned, Initializer(partition=)) or a lazymod.AxisRules mapping can "
-            "name another mesh axis, or None."
-        ) from error
+        raise _misfit(module, path, value.shape, target, error) from error
+
+
+def _misfit(
+    module: Any,
+    path: KeyPath,
+    shape: tuple[int, ...],
+    target: jax.sharding.Sharding,
+    error: ValueError | TypeError,
+) -> InitError:
+    """The error of a sharding that does not fit the shape of the array at `path`."""
+    return init_error_like(error)(
+        f"{display_path(module, path)}: the sharding {target} does not fit its "
+        f"shape {tuple(shape)}: {type(error).__name__}: "
+        f"{str(error).splitlines()[0]} Give this array a sharding with one entry per "
+        "axis, each dividing its size: a rule can look at leaf.shape; an annotation "
+        "(.partitioned, Initializer(partition=)) or a lazymod.AxisRules mapping can "
+        "name another mesh axis, or None."
+    )
 
 
 def _sharding_for(

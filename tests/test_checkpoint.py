@@ -3,6 +3,7 @@ array's sharding, checked against the checkpoint's metadata before anything is r
 without running an initializer."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -154,8 +155,25 @@ def test_model_and_state_round_trip(tmp_path):
     assert [leaf.weak_type for leaf in jax.tree.leaves(restored[1])] == weak
 
     lm.save_sharded(tmp_path / "model", pair[0])
-    with pytest.raises(lm.InitError, match=r"(?s)no array 'state\[.*saved from the model alone"):
+    with pytest.raises(lm.InitError) as error:
         lm.restore_sharded(Net(), tmp_path / "model", spec(3), with_state=True)
+    # Each state array is named by its layer, then by its key in the checkpoint.
+    assert re.search(
+        r"the state Net\.norm\.batch_state_index\.init\[0\]: expected float32\[3\]; "
+        r"the checkpoint has no array 'state\[",
+        str(error.value),
+    ), error.value
+    assert "saved from the model alone" in str(error.value)
+
+    # With sharding=, the state goes where init puts it (here: replicated on the mesh),
+    # so that the restored pair runs in one jitted step.
+    mesh = jax.make_mesh((len(jax.devices()),), ("model",), (jax.sharding.AxisType.Auto,))
+    placed = lm.init_with_state(Net(), 0, spec(3), sharding=mesh)
+    restored = lm.restore_sharded(Net(), tmp_path / "pair", spec(3), sharding=mesh, with_state=True)
+    assert [a.sharding for a in jax.tree.leaves(eqx.filter(restored, eqx.is_array))] == [
+        a.sharding for a in jax.tree.leaves(eqx.filter(placed, eqx.is_array))
+    ]
+    assert all(leaf.sharding == NamedSharding(mesh, P()) for leaf in jax.tree.leaves(restored[1]))
 
 
 def test_a_missing_or_foreign_directory(tmp_path, no_reads):

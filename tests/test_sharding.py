@@ -63,6 +63,55 @@ def test_a_bad_rule_names_the_array():
         lm.init(model(), 0, spec(4), method=forward, sharding=spec_rule)
 
 
+class Normed(lm.Module):
+    norm: lm.nn.BatchNorm
+    head: lm.nn.Linear
+
+    def __init__(self):
+        self.norm = lm.nn.BatchNorm(axis_name="batch", mode="batch")
+        self.head = lm.nn.Linear(2)
+
+    def __call__(self, x, state):
+        x, state = self.norm(x, state)
+        return self.head(x), state
+
+
+def test_init_shapes_shards_the_state_as_init_does():
+    mesh = jax.make_mesh((len(jax.devices()),), ("model",), (jax.sharding.AxisType.Auto,))
+    seen = []
+
+    def rule(path, leaf):
+        seen.append(path)
+        return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+    _, state = lm.init_with_state(Normed(), 0, spec(3), sharding=rule)
+    made = list(seen)
+    seen.clear()
+    _, shapes = lm.init_shapes(Normed(), spec(3), with_state=True, sharding=rule)
+    assert sorted(seen) == sorted(made)  # the same paths: norm.batch_state_index.init[0], ...
+    assert any(path.startswith("norm.batch_state_index.init") for path in seen), seen
+    assert [leaf.sharding for leaf in jax.tree.leaves(shapes)] == [
+        leaf.sharding for leaf in jax.tree.leaves(state)
+    ]
+    _, shapes = lm.init_shapes(Normed(), spec(3), with_state=True, sharding=mesh)
+    assert all(leaf.sharding == rule("", leaf) for leaf in jax.tree.leaves(shapes))
+
+
+def test_init_shapes_refuses_a_sharding_that_does_not_fit_as_init_does():
+    mesh = jax.make_mesh((len(jax.devices()),), ("model",), (jax.sharding.AxisType.Auto,))
+    three_axes = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, None, None))
+    rule = lambda path, leaf: three_axes if path.endswith("weight") else None  # noqa: E731
+    for entry in (
+        lambda: lm.init(model(), 0, spec(4), method=forward, sharding=rule),
+        lambda: lm.init_shapes(model(), spec(4), method=forward, sharding=rule),
+    ):
+        with pytest.raises(
+            lm.InitValueError,
+            match=r"list\[0\]\.weight: the sharding .* does not fit its shape \(6, 4\)",
+        ):
+            entry()
+
+
 def test_sharded_init_on_an_eight_device_mesh():
     # A fresh process, to give XLA 8 host devices; the example asserts that each weight
     # is held as quarter shards, equals an unsharded init, and trains a step.
