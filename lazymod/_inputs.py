@@ -126,6 +126,14 @@ def note_likely_causes(
             "lazymod.init_with_state(model, key, *inputs); lazymod.init_shapes, "
             "lazymod.summary and lazymod.restore take with_state=True.)"
         )
+    if "Placeholder" in str(error):  # the placeholder of a lazy field, used as a value
+        error.add_note(
+            "(lazymod: a lazy field (lm.lazy()) was read before anything set it. Init sets "
+            "fields in this order: every Initializer, then each rng_init (a submodule's "
+            "before its parent's), then the forward pass, whose `if self.initializing():` "
+            "blocks run as the pass reaches them. Read the field after what sets it, or "
+            "set it earlier: with an Initializer, or in rng_init.)"
+        )
     if "dtype" in str(error):
         dtypes = [
             (f"args{jtu.keystr(path)} has dtype {np.dtype(leaf.dtype).name}", leaf.dtype)
@@ -137,7 +145,8 @@ def note_likely_causes(
         integers = [s for s, d in dtypes if not jax.dtypes.issubdtype(d, np.inexact)]
         default = jax.dtypes.canonicalize_dtype(np.float64)  # parameters unless dtype=
         floats = [s for s, d in dtypes if jax.dtypes.issubdtype(d, np.floating) and d != default]
-        if integers:
+        said = "a float dtype such as" in str(error)  # lazymod's own message says it
+        if integers and not said:
             error.add_note(
                 f"(lazymod: the input {integers[0]}; layers compute in floating point: "
                 "give the input (or spec) a float dtype such as jnp.float32, or, for "

@@ -259,6 +259,26 @@ def damaged(cut: slice | None = None, replace: bytes | None = None) -> io.BytesI
 NOT_AN_ARRAY = r"Model\.head \(Linear\): expected an array; got an input of {}|parameter 'x'"
 
 
+class SetInThePass(lm.Module):
+    w: jax.Array = lm.lazy()
+
+    def __call__(self, x):
+        if self.initializing():
+            self.w = jnp.ones(x.shape)
+        return x * self.w
+
+
+class ReadsTooEarly(lm.Module):
+    sub: SetInThePass
+    total: jax.Array = lm.lazy()
+
+    def rng_init(self):  # before the forward pass: sub.w is not set yet
+        self.total = self.sub.w.sum()
+
+    def __call__(self, x):
+        return self.sub(x)
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     name: str
@@ -711,6 +731,17 @@ ROWS = [
         ),
     ),
     Row(
+        "rng_init-reads-a-field-the-forward-pass-sets",
+        lambda: ReadsTooEarly(SetInThePass()),
+        lambda m: lm.init(m, 0, spec(3)),
+        lm.InitError,
+        (
+            r"ReadsTooEarly \(ReadsTooEarly\): rng_init raised AttributeError",
+            r"a lazy field \(lm.lazy\(\)\) was read before anything set it",
+            "then each rng_init",
+        ),
+    ),
+    Row(
         "dropout-probability-out-of-range",
         lambda: None,
         lambda m: lm.nn.Dropout(1.5),
@@ -943,6 +974,7 @@ def test_every_row_is_in_the_docs_errors_page():
         "Sequential.layers[1] (Linear.__call__)",
         "init never rebuilds a layer",
         "between 0 and 1",
+        "was read before anything set it",
     ):
         assert phrase in page, phrase
 
@@ -1012,3 +1044,10 @@ def test_notes_name_the_entry_point_the_user_called():
         with pytest.raises(RuntimeError, match="forward failed") as info:
             call()
         assert f"(while {entry} ran Fails)" in info.value.__notes__
+
+
+def test_the_dtype_fix_is_said_once():
+    with pytest.raises(lm.InitTypeError) as raised:
+        lm.init(lm.nn.Conv2d(4, 3), 0, spec(3, 8, 8, dtype=jnp.int32))
+    message = "\n".join([str(raised.value), *getattr(raised.value, "__notes__", ())])
+    assert message.count("float dtype such as jnp.float32") == 1, message
