@@ -152,7 +152,7 @@ def restore_sharded(
     - `with_state`: restore the pair `(model, state)` saved by
         `save_sharded(directory, (model, state))`, as [`lazymod.init_with_state`][]
         builds it. The state's arrays are placed as init places them: as `sharding`
-        says at their path in the model (`norm.state_index.init[0]`; by a mesh or
+        says at their path in the model (`norm.batch_state_index.init[0]`; by a mesh or
         `AxisRules`, replicated).
 
     **Returns:** the model (or the pair), materialized with the checkpoint's arrays.
@@ -230,12 +230,14 @@ def restore_sharded(
 def _arrays_by_key(tree: Any, *, is_pair: bool) -> dict[str, tuple[str, Any]]:
     """Every array (or `jax.ShapeDtypeStruct`) of `tree` by its checkpoint key, with
     where it is as a reader names it (`MLP.layers[0].weight`; a state's array by its
-    layer: `the state Net.norm.state_index.init[0]`)."""
+    layer: `the state Net.norm.batch_state_index.init[0]`)."""
     found: dict[str, tuple[str, Any]] = {}
     in_state = iter(state_paths(*tree) if is_pair else ())
     for path, leaf in jtu.tree_flatten_with_path(tree)[0]:
         if is_pair and path[0].idx == 1:
-            where = "the state " + display_path(tree[0], next(in_state))
+            in_model = next(in_state)
+            where = _key(path, is_pair)
+            where = where if in_model is None else "the state " + display_path(tree[0], in_model)
         else:
             where = display_path(tree[0], path[1:]) if is_pair else display_path(tree, path)
         if not (eqx.is_array(leaf) or isinstance(leaf, jax.ShapeDtypeStruct)):

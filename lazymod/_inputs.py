@@ -4,6 +4,7 @@ notes on likely mistakes in them when the forward pass fails."""
 import difflib
 import io
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -126,7 +127,7 @@ def note_likely_causes(
             "lazymod.init_with_state(model, key, *inputs); lazymod.init_shapes, "
             "lazymod.summary and lazymod.restore take with_state=True.)"
         )
-    if "Placeholder" in str(error):  # the placeholder of a lazy field, used as a value
+    if _read_a_placeholder(error):
         error.add_note(
             "(lazymod: a lazy field (lm.lazy()) was read before anything set it. Init sets "
             "fields in this order: every Initializer, then each rng_init (a submodule's "
@@ -145,8 +146,9 @@ def note_likely_causes(
         integers = [s for s, d in dtypes if not jax.dtypes.issubdtype(d, np.inexact)]
         default = jax.dtypes.canonicalize_dtype(np.float64)  # parameters unless dtype=
         floats = [s for s, d in dtypes if jax.dtypes.issubdtype(d, np.floating) and d != default]
-        said = "a float dtype such as" in str(error)  # lazymod's own message says it
-        if integers and not said:
+        if "a float dtype such as" in str(error):
+            pass  # lazymod's own message gives the fix already
+        elif integers:
             error.add_note(
                 f"(lazymod: the input {integers[0]}; layers compute in floating point: "
                 "give the input (or spec) a float dtype such as jnp.float32, or, for "
@@ -174,3 +176,14 @@ def note_likely_causes(
                 f"(lazymod: the input args[{index}] is the tuple {arg!r}. To pass a shape, "
                 f"pass a spec: jax.ShapeDtypeStruct({arg!r}, jnp.float32).)"
             )
+
+
+def _read_a_placeholder(error: BaseException) -> bool:
+    """Whether `error` (or the error of the user's code it wraps) comes from using the
+    placeholder of a lazy field as a value: Python names its type, JAX its repr."""
+    for cause in (error, error.__cause__):
+        if isinstance(cause, AttributeError | TypeError | IndexError) and re.search(
+            r"'(Tagged)?Placeholder'|\blazy\(\)", str(cause)
+        ):
+            return True
+    return False

@@ -94,7 +94,9 @@ def shapes_of(
     a NumPy value) is that array, as init returns it: NumPy, in its own dtype, and
     given no sharding (init places none)."""
     shapes = _shapes(module, args, kwargs, method, partial, with_state, entry)
-    return shapes if sharding is None else with_shardings(module, shapes, sharding, with_state)
+    if sharding is None:
+        return shapes
+    return with_shardings(module, shapes, sharding, with_state, partial)
 
 
 def _shapes(

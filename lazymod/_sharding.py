@@ -72,21 +72,33 @@ def place(
     return placed
 
 
-def with_shardings(module: Any, tree: Any, sharding: Sharding, with_state: bool) -> Any:
+def with_shardings(
+    module: Any, tree: Any, sharding: Sharding, with_state: bool, partial: bool = False
+) -> Any:
     """The tree of `jax.ShapeDtypeStruct`s `init_shapes` returns, each carrying the
     sharding init would give its array. The state's arrays (of the pair `(model,
     state)`) are sharded as init shards them, at their path in the model
-    (`norm.state_index.init[0]`). A sharding that does not fit its array's shape is
-    refused here, as init refuses it."""
+    (`norm.batch_state_index.init[0]`); an initial state the module holds as NumPy or
+    a Python number init places nowhere, and neither does this. A sharding that does
+    not fit its array's shape is refused here, as init refuses it."""
     leaves, treedef = jtu.tree_flatten_with_path(tree)
-    paths = [path for path, _ in leaves]
+    paths: list[KeyPath | None] = [path for path, _ in leaves]
     if with_state:  # the pair: paths into the model lose the [0]; the state's, as init
         model, state = tree
         in_state = iter(state_paths(model, state))
-        paths = [path[1:] if path[0].idx == 0 else next(in_state) for path in paths]
-    arrays = [i for i, (_, leaf) in enumerate(leaves) if isinstance(leaf, jax.ShapeDtypeStruct)]
+        paths = [path[1:] if path[0].idx == 0 else next(in_state) for path, _ in leaves]
+        held = {path_str(path): leaf for path, leaf in jtu.tree_flatten_with_path(module)[0]}
+        for i, path in enumerate(paths):
+            value = held.get(path_str(path)) if path is not None else None
+            if value is not None and not isinstance(value, jax.Array):
+                paths[i] = None  # (init traces only JAX arrays; it leaves these as held)
+    arrays = [
+        i
+        for i, (_, leaf) in enumerate(leaves)
+        if isinstance(leaf, jax.ShapeDtypeStruct) and paths[i] is not None
+    ]
     found = targets_for(
-        module, [leaves[i][1] for i in arrays], [paths[i] for i in arrays], sharding
+        module, [leaves[i][1] for i in arrays], [paths[i] for i in arrays], sharding, partial
     )
     out = [leaf for _, leaf in leaves]
     for i, target in zip(arrays, found):

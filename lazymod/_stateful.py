@@ -64,20 +64,22 @@ def continued(module: Any, state: eqx.nn.State) -> Any:
     return jtu.tree_map_with_path(fill, module, is_leaf=_is_index)
 
 
-def state_paths(model: Any, state: eqx.nn.State) -> list[KeyPath]:
+def state_paths(model: Any, state: eqx.nn.State) -> list[KeyPath | None]:
     """Where each leaf of `state` (in the order it flattens) was in the model before
     init split off the state: at its layer's `eqx.nn.StateIndex`, in its `init`
-    (`norm.state_index.init[0]`), as a sharding rule sees that array and as messages
-    name it."""
+    (`norm.batch_state_index.init[0]`), as a sharding rule sees that array and as
+    messages name it; `None` for an entry of no index of the model (a layer swapped
+    out since)."""
     indexes: dict[Any, KeyPath] = {}
     for path, leaf in jtu.tree_flatten_with_path(model, is_leaf=_is_index)[0]:
         if _is_index(leaf):
             indexes.setdefault(leaf.marker, path)
     markers = jtu.tree_structure(state).node_data()[1]  # as State flattens: its keys
-    return [
-        (*indexes[markers[path[0].key]], jtu.GetAttrKey("init"), *path[1:])
-        for path, _ in jtu.tree_flatten_with_path(state)[0]
-    ]
+    paths: list[KeyPath | None] = []
+    for path, _ in jtu.tree_flatten_with_path(state)[0]:
+        index = indexes.get(markers[path[0].key])
+        paths.append(None if index is None else (*index, jtu.GetAttrKey("init"), *path[1:]))
+    return paths
 
 
 def _has_initial_state(index: eqx.nn.StateIndex) -> bool:

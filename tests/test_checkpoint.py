@@ -165,6 +165,10 @@ def test_model_and_state_round_trip(tmp_path):
     ), error.value
     assert "saved from the model alone" in str(error.value)
 
+    # A state holding an entry for a layer swapped out since saves as it did.
+    swapped = eqx.tree_at(lambda m: m.norm, pair[0], replace=eqx.nn.Identity())
+    lm.save_sharded(tmp_path / "swapped", (swapped, pair[1]))
+
     # With sharding=, the state goes where init puts it (here: replicated on the mesh),
     # so that the restored pair runs in one jitted step.
     mesh = jax.make_mesh((len(jax.devices()),), ("model",), (jax.sharding.AxisType.Auto,))
@@ -321,6 +325,44 @@ except lm.InitValueError as error:
     assert "Linear.weight: the sharding" in str(error), error
     assert "does not fit its shape (6, 32)" in str(error), error
     print("indivisible: refused")
+try:  # and so does init_shapes, whose shapes restore_sharded reads into
+    lm.init_shapes(lm.nn.Linear(6), spec, sharding=split(P(everywhere)))
+except lm.InitValueError as error:
+    assert "Linear.weight: the sharding" in str(error), error
+    print("indivisible shapes: refused")
+
+
+class Normed(lm.Module):
+    norm: lm.nn.BatchNorm
+    head: lm.nn.Linear
+
+    def __init__(self):
+        self.norm = lm.nn.BatchNorm(axis_name="batch", mode="batch")
+        self.head = lm.nn.Linear(2)
+
+    def __call__(self, x, state):
+        x, state = self.norm(x, state)
+        return self.head(x), state
+
+
+# A (model, state) restored on the mesh runs in one jitted step: its state is where
+# init_with_state put it, not on one device.
+pair = lm.init_with_state(Normed(), 0, spec, sharding=mesh)
+saved = sys.argv[1] + "_pair"
+lm.save_sharded(saved, pair)
+model, state = lm.restore_sharded(Normed(), saved, spec, sharding=mesh, with_state=True)
+assert all(leaf.sharding == NamedSharding(mesh, P()) for leaf in jax.tree.leaves(state))
+
+
+@eqx.filter_jit
+def run(model, state, x):
+    batched = jax.vmap(model, axis_name="batch", in_axes=(0, None), out_axes=(0, None))
+    return batched(x, state)
+
+
+out, state = run(model, state, jnp.ones((4, 32)))
+assert out.shape == (4, 2)
+print("stateful pair: runs")
 """
 
 
@@ -347,6 +389,8 @@ def test_save_on_a_2x4_mesh_and_restore_into_rows_and_columns(tmp_path):
     assert "restored into rows: ok" in result.stdout
     assert "restored into columns: ok" in result.stdout
     assert "indivisible: refused" in result.stdout
+    assert "indivisible shapes: refused" in result.stdout
+    assert "stateful pair: runs" in result.stdout
 
 
 def test_numpy_arrays_restore_as_numpy_in_their_dtype(tmp_path):

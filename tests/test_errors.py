@@ -1046,8 +1046,34 @@ def test_notes_name_the_entry_point_the_user_called():
         assert f"(while {entry} ran Fails)" in info.value.__notes__
 
 
-def test_the_dtype_fix_is_said_once():
-    with pytest.raises(lm.InitTypeError) as raised:
-        lm.init(lm.nn.Conv2d(4, 3), 0, spec(3, 8, 8, dtype=jnp.int32))
-    message = "\n".join([str(raised.value), *getattr(raised.value, "__notes__", ())])
+class ConvBeside(lm.Module):
+    conv: lm.nn.Conv2d
+
+    def __init__(self):
+        self.conv = lm.nn.Conv2d(4, 3)
+
+    def __call__(self, x, y):
+        return self.conv(x), y
+
+
+class RaisesItsOwn(lm.Module):
+    def __call__(self, x):
+        raise TypeError("cannot use MyPlaceholder here")
+
+
+def message_of(misuse: Callable[[], Any]) -> str:
+    with pytest.raises(Exception) as raised:
+        misuse()
+    return "\n".join([str(raised.value), *getattr(raised.value, "__notes__", ())])
+
+
+def test_a_note_is_added_only_where_it_says_something_new():
+    message = message_of(lambda: lm.init(lm.nn.Conv2d(4, 3), 0, spec(3, 8, 8, dtype=jnp.int32)))
     assert message.count("float dtype such as jnp.float32") == 1, message
+    # lazymod's message gives the integer fix; the float16 beside it is no cause.
+    integer, half = spec(3, 8, 8, dtype=jnp.int32), spec(2, dtype=jnp.float16)
+    message = message_of(lambda: lm.init(ConvBeside(), 0, integer, half))
+    assert "expected a floating-point input" in message and "dtype=" not in message, message
+    # A user's own error that happens to say "Placeholder" is not about lazy fields.
+    message = message_of(lambda: lm.init(RaisesItsOwn(), 0, spec(3)))
+    assert "MyPlaceholder" in message and "read before anything set it" not in message

@@ -7,6 +7,7 @@ from pathlib import Path
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import lazymod as lm
@@ -76,23 +77,42 @@ class Normed(lm.Module):
         return self.head(x), state
 
 
+class Counted(lm.Module):
+    """A lazy BatchNorm's state beside an `eqx.nn.StateIndex` held as NumPy, which init
+    leaves where it is (it traces JAX arrays only)."""
+
+    normed: Normed
+    count: eqx.nn.StateIndex
+
+    def __init__(self):
+        self.normed = Normed()
+        self.count = eqx.nn.StateIndex(np.zeros(5, np.int32))
+
+    def __call__(self, x, state):
+        return self.normed(x, state)
+
+
 def test_init_shapes_shards_the_state_as_init_does():
     mesh = jax.make_mesh((len(jax.devices()),), ("model",), (jax.sharding.AxisType.Auto,))
     seen = []
 
-    def rule(path, leaf):
-        seen.append(path)
+    def rule(path, leaf):  # sees each array at its path: both must pair them alike
+        seen.append((path, leaf.shape, leaf.dtype))
         return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
-    _, state = lm.init_with_state(Normed(), 0, spec(3), sharding=rule)
+    _, state = lm.init_with_state(Counted(), 0, spec(3), sharding=rule)
     made = list(seen)
     seen.clear()
-    _, shapes = lm.init_shapes(Normed(), spec(3), with_state=True, sharding=rule)
-    assert sorted(seen) == sorted(made)  # the same paths: norm.batch_state_index.init[0], ...
-    assert any(path.startswith("norm.batch_state_index.init") for path in seen), seen
-    assert [leaf.sharding for leaf in jax.tree.leaves(shapes)] == [
+    _, shapes = lm.init_shapes(Counted(), spec(3), with_state=True, sharding=rule)
+    assert sorted(seen) == sorted(made), (seen, made)
+    assert ("normed.norm.batch_state_index.init[0]", (3,), jnp.float32) in seen
+    assert ("normed.norm.batch_counter.init", (), jnp.int32) in seen
+    # (None: the default device, where init leaves the NumPy-held count.)
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    assert [leaf.sharding or default for leaf in jax.tree.leaves(shapes)] == [
         leaf.sharding for leaf in jax.tree.leaves(state)
     ]
+    assert [leaf.sharding for leaf in jax.tree.leaves(shapes)].count(None) == 1
     _, shapes = lm.init_shapes(Normed(), spec(3), with_state=True, sharding=mesh)
     assert all(leaf.sharding == rule("", leaf) for leaf in jax.tree.leaves(shapes))
 
