@@ -14,18 +14,15 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
+from ._checkpoint_metadata import check_matches, STATE, stored_arrays
 from ._errors import InitError
 from ._numpy_leaves import held_as, is_numpy, numpy_read
 from ._paths import display_path, KeyPath, path_str
-from ._restore import describe_leaf, weak_as_made
+from ._restore import weak_as_made
 from ._sentinels import is_initialized
 from ._shapes import shapes_of
 from ._sharding import Sharding
 from ._stateful import state_paths
-
-
-_STATE = "state"  # the prefix of the state's arrays in a checkpoint of (model, state)
-_LISTED = 8  # at most this many names (of arrays, of files) in an error message
 
 
 def save_sharded(
@@ -148,7 +145,9 @@ def restore_sharded(
         `rule(path, leaf) -> Sharding | None`, a `jax.sharding.Sharding` or a
         `jax.sharding.Mesh`. It need not be the sharding the checkpoint was saved with.
         An array with no sharding (`None`, the default, or a rule returning `None`)
-        goes whole to the default device.
+        goes whole to the default device, unless `model` holds it already (an
+        initialized model, or an optimizer state made from one): then it keeps the
+        sharding it has there.
     - `with_state`: restore the pair `(model, state)` saved by
         `save_sharded(directory, (model, state))`, as [`lazymod.init_with_state`][]
         builds it. The state's arrays are placed as init places them: as `sharding`
@@ -202,10 +201,14 @@ def restore_sharded(
     )
     expected = _arrays_by_key(skeleton, is_pair=with_state)
     with ocp.StandardCheckpointer() as checkpointer:
-        stored = _stored_arrays(ocp, checkpointer, path, directory)
-        _check(model, directory, expected, stored, with_state)
+        stored = stored_arrays(ocp, checkpointer, path, directory)
+        check_matches(model, directory, expected, stored, with_state)
         default = jax.sharding.SingleDeviceSharding(_default_device())
-        targets = {key: _target(leaf, stored[key], default) for key, (_, leaf) in expected.items()}
+        held = _held_shardings(model)  # (an array the model holds already stays there)
+        targets = {
+            key: _target(leaf, stored[key], held.get((key, np.shape(leaf)), default))
+            for key, (_, leaf) in expected.items()
+        }
         try:
             restored = checkpointer.restore(path, targets)
         except Exception as error:  # damaged files: name the directory
@@ -258,93 +261,7 @@ def _key(path: KeyPath, is_pair: bool) -> str:
         return path_str(path)
     if path[0].idx == 0:
         return path_str(path[1:])
-    return _STATE + path_str(path[1:], leading_dot=True)
-
-
-def _stored_arrays(ocp: Any, checkpointer: Any, path: Any, directory: Any) -> dict[str, Any]:
-    """The checkpoint's metadata: each array's shape and dtype, by key. Reads no array."""
-    if not (path / "_METADATA").exists():  # (Orbax would only log warnings)
-        children = sorted(path.iterdir())
-        inside = [child for child in children if (child / "_METADATA").exists()]
-        raise InitError(
-            f"lazymod.restore_sharded: {str(directory)!r} is not an Orbax checkpoint (it "
-            f"holds {[child.name for child in children][:_LISTED] or 'nothing'}). "
-            + (
-                f"Pass the checkpoint inside it: {str(inside[0])!r}."
-                if inside
-                else "Pass the directory lazymod.save_sharded wrote."
-            )
-        )
-    finished = ocp.utils.is_checkpoint_finalized(path)
-    tree = getattr(checkpointer.metadata(path).item_metadata, "tree", None) if finished else None
-    if tree is None:
-        raise InitError(
-            f"lazymod.restore_sharded: the checkpoint {str(directory)!r} is incomplete or "
-            "damaged (Orbax finds no finished metadata in it: a save that was "
-            "interrupted?). Restore an earlier checkpoint, or save again."
-        )
-    if not isinstance(tree, dict) or not all(
-        isinstance(key, str) and hasattr(meta, "shape") and hasattr(meta, "dtype")
-        for key, meta in tree.items()
-    ):
-        kind = type(tree).__name__ if not isinstance(tree, dict) else "nested dict"
-        raise InitError(
-            f"lazymod.restore_sharded: {str(directory)!r} is an Orbax checkpoint, but not "
-            f"one written by lazymod.save_sharded: it holds a {kind}, not a flat dict of "
-            "arrays keyed by path. Restore it with Orbax itself, then load the arrays "
-            "into the model with lazymod.init_shapes and jax.tree_util."
-        )
-    return tree
-
-
-def _check(
-    model: Any,
-    directory: Any,
-    expected: dict[str, tuple[str, Any]],
-    stored: dict[str, Any],
-    with_state: bool,
-) -> None:
-    """Raise one `InitError` listing every array the checkpoint lacks or holds with
-    another shape or dtype, and the arrays it holds that the model has no place for."""
-    mismatches = []
-    for key, (where, like) in expected.items():
-        if key not in stored:
-            mismatches.append(
-                f"{where}: expected {describe_leaf(like)}; the checkpoint has no array {key!r}"
-            )
-            continue
-        raw = jax.eval_shape(jax.random.key_data, like) if _is_key(like) else like
-        meta = stored[key]
-        dtypes = {raw.dtype, held_as(like)} if is_numpy(like) else {raw.dtype}
-        if tuple(meta.shape) != tuple(raw.shape) or jnp.dtype(meta.dtype) not in dtypes:
-            mismatches.append(
-                f"{where}: expected {describe_leaf(like)}, found {describe_leaf(meta)}"
-            )
-    extra = sorted(set(stored) - set(expected))
-    if extra:
-        names = ", ".join(repr(key) for key in extra[:_LISTED])
-        more = f" and {len(extra) - _LISTED} more" if len(extra) > _LISTED else ""
-        mismatches.append(
-            f"the checkpoint holds {len(extra)} array{'s' if len(extra) > 1 else ''} the "
-            f"model has no place for: {names}{more}"
-        )
-    if not mismatches:
-        return
-    hint = "Pass the inputs (shapes) and constructor arguments the checkpoint was saved with."
-    state_keys = [key for key in stored if key.startswith(_STATE + "[")]
-    if not with_state and extra and set(extra) == set(state_keys):
-        hint = "It holds a state too (saved from (model, state)): pass with_state=True."
-    elif with_state and not state_keys and any(k.startswith(_STATE + "[") for k in expected):
-        hint = (
-            "It holds no state (saved from the model alone): save (model, state), or "
-            "restore the model alone (with_state=False)."
-        )
-    listing = "\n".join(f"  - {line}" for line in mismatches)
-    raise InitError(
-        f"lazymod.restore_sharded: the checkpoint {str(directory)!r} does not match "
-        f"{type(model).__name__} as built from these inputs ({len(mismatches)} "
-        f"mismatch{'es' if len(mismatches) > 1 else ''}); nothing was read:\n{listing}\n" + hint
-    )
+    return STATE + path_str(path[1:], leading_dot=True)
 
 
 def _target(
@@ -352,8 +269,8 @@ def _target(
     stored: Any,
     default: jax.sharding.Sharding,
 ) -> Any:
-    """What Orbax restores the array into: its shape, dtype and sharding (or the default
-    device's), once the sharding is known to fit the shape. A NumPy array saved as
+    """What Orbax restores the array into: its shape, dtype and sharding (or
+    `default`). A NumPy array saved as
     init left it is read as NumPy; saved in the dtype JAX holds it in (after a jitted
     training step), as a JAX array on the default device."""
     if is_numpy(leaf):
@@ -364,8 +281,14 @@ def _target(
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding or default)
 
 
-def _is_key(leaf: Any) -> bool:
-    return jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+def _held_shardings(model: Any) -> dict[tuple[str, tuple[int, ...]], jax.sharding.Sharding]:
+    """The sharding of each array `model` holds already, by its checkpoint key and
+    shape: an array given no sharding is restored where the model holds it."""
+    return {
+        (path_str(path), leaf.shape): leaf.sharding
+        for path, leaf in jtu.tree_flatten_with_path(model)[0]
+        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
+    }
 
 
 def _first_line(error: BaseException) -> str:
