@@ -125,3 +125,19 @@ class WithNumPy(lm.Module):
         table = 0.0 if self.table is None else self.table.astype(np.float32)
         sign = 1.0 if self.scale > 0 else -1.0  # a value, not a shape
         return x * self.w * self.scale * sign + table
+
+
+class NormedHead(lm.Module):
+    """A lazy BatchNorm (batch mode, over the axis "batch") then a Linear head: the
+    smallest model with an `eqx.nn.State`."""
+
+    norm: lm.nn.BatchNorm
+    head: lm.nn.Linear
+
+    def __init__(self):
+        self.norm = lm.nn.BatchNorm(axis_name="batch", mode="batch")
+        self.head = lm.nn.Linear(2)
+
+    def __call__(self, x, state):
+        x, state = self.norm(x, state)
+        return self.head(x), state

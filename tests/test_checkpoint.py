@@ -21,7 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import lazymod as lm
 
-from .helpers import spec, tree_bit_equal, WithNumPy
+from .helpers import NormedHead, spec, tree_bit_equal, WithNumPy
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,31 +135,19 @@ def test_no_initializer_runs(tmp_path):
 
 
 def test_model_and_state_round_trip(tmp_path):
-    class Net(lm.Module):
-        norm: lm.nn.BatchNorm
-        head: lm.nn.Linear
-
-        def __init__(self):
-            self.norm = lm.nn.BatchNorm(axis_name="batch", mode="batch")
-            self.head = lm.nn.Linear(2)
-
-        def __call__(self, x, state):
-            x, state = self.norm(x, state)
-            return self.head(x), state
-
-    pair = lm.init_with_state(Net(), 0, spec(3))
+    pair = lm.init_with_state(NormedHead(), 0, spec(3))
     lm.save_sharded(tmp_path / "pair", pair)
-    restored = lm.restore_sharded(Net(), tmp_path / "pair", spec(3), with_state=True)
+    restored = lm.restore_sharded(NormedHead(), tmp_path / "pair", spec(3), with_state=True)
     assert tree_bit_equal(restored, pair)
     weak = [leaf.weak_type for leaf in jax.tree.leaves(pair[1])]
     assert [leaf.weak_type for leaf in jax.tree.leaves(restored[1])] == weak
 
     lm.save_sharded(tmp_path / "model", pair[0])
     with pytest.raises(lm.InitError) as error:
-        lm.restore_sharded(Net(), tmp_path / "model", spec(3), with_state=True)
+        lm.restore_sharded(NormedHead(), tmp_path / "model", spec(3), with_state=True)
     # Each state array is named by its layer, then by its key in the checkpoint.
     assert re.search(
-        r"the state Net\.norm\.batch_state_index\.init\[0\]: expected float32\[3\]; "
+        r"the state NormedHead\.norm\.batch_state_index\.init\[0\]: expected float32\[3\]; "
         r"the checkpoint has no array 'state\[",
         str(error.value),
     ), error.value
@@ -172,8 +160,10 @@ def test_model_and_state_round_trip(tmp_path):
     # With sharding=, the state goes where init puts it (here: replicated on the mesh),
     # so that the restored pair runs in one jitted step.
     mesh = jax.make_mesh((len(jax.devices()),), ("model",), (jax.sharding.AxisType.Auto,))
-    placed = lm.init_with_state(Net(), 0, spec(3), sharding=mesh)
-    restored = lm.restore_sharded(Net(), tmp_path / "pair", spec(3), sharding=mesh, with_state=True)
+    placed = lm.init_with_state(NormedHead(), 0, spec(3), sharding=mesh)
+    restored = lm.restore_sharded(
+        NormedHead(), tmp_path / "pair", spec(3), sharding=mesh, with_state=True
+    )
     assert [a.sharding for a in jax.tree.leaves(eqx.filter(restored, eqx.is_array))] == [
         a.sharding for a in jax.tree.leaves(eqx.filter(placed, eqx.is_array))
     ]
@@ -271,6 +261,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from tests.helpers import NormedHead
+
 assert len(jax.devices()) == 8
 mesh = jax.make_mesh((2, 4), ("data", "model"), (jax.sharding.AxisType.Auto,) * 2)
 spec = jax.ShapeDtypeStruct((32,), jnp.float32)
@@ -332,25 +324,12 @@ except lm.InitValueError as error:
     print("indivisible shapes: refused")
 
 
-class Normed(lm.Module):
-    norm: lm.nn.BatchNorm
-    head: lm.nn.Linear
-
-    def __init__(self):
-        self.norm = lm.nn.BatchNorm(axis_name="batch", mode="batch")
-        self.head = lm.nn.Linear(2)
-
-    def __call__(self, x, state):
-        x, state = self.norm(x, state)
-        return self.head(x), state
-
-
 # A (model, state) restored on the mesh runs in one jitted step: its state is where
 # init_with_state put it, not on one device.
-pair = lm.init_with_state(Normed(), 0, spec, sharding=mesh)
+pair = lm.init_with_state(NormedHead(), 0, spec, sharding=mesh)
 saved = sys.argv[1] + "_pair"
 lm.save_sharded(saved, pair)
-model, state = lm.restore_sharded(Normed(), saved, spec, sharding=mesh, with_state=True)
+model, state = lm.restore_sharded(NormedHead(), saved, spec, sharding=mesh, with_state=True)
 assert all(leaf.sharding == NamedSharding(mesh, P()) for leaf in jax.tree.leaves(state))
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import lazymod as lm
 
-from .helpers import spec, tree_bit_equal
+from .helpers import NormedHead, spec, tree_bit_equal
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,28 +64,15 @@ def test_a_bad_rule_names_the_array():
         lm.init(model(), 0, spec(4), method=forward, sharding=spec_rule)
 
 
-class Normed(lm.Module):
-    norm: lm.nn.BatchNorm
-    head: lm.nn.Linear
-
-    def __init__(self):
-        self.norm = lm.nn.BatchNorm(axis_name="batch", mode="batch")
-        self.head = lm.nn.Linear(2)
-
-    def __call__(self, x, state):
-        x, state = self.norm(x, state)
-        return self.head(x), state
-
-
 class Counted(lm.Module):
     """A lazy BatchNorm's state beside an `eqx.nn.StateIndex` held as NumPy, which init
     leaves where it is (it traces JAX arrays only)."""
 
-    normed: Normed
+    normed: NormedHead
     count: eqx.nn.StateIndex
 
     def __init__(self):
-        self.normed = Normed()
+        self.normed = NormedHead()
         self.count = eqx.nn.StateIndex(np.zeros(5, np.int32))
 
     def __call__(self, x, state):
@@ -113,7 +100,7 @@ def test_init_shapes_shards_the_state_as_init_does():
         leaf.sharding for leaf in jax.tree.leaves(state)
     ]
     assert [leaf.sharding for leaf in jax.tree.leaves(shapes)].count(None) == 1
-    _, shapes = lm.init_shapes(Normed(), spec(3), with_state=True, sharding=mesh)
+    _, shapes = lm.init_shapes(NormedHead(), spec(3), with_state=True, sharding=mesh)
     assert all(leaf.sharding == rule("", leaf) for leaf in jax.tree.leaves(shapes))
 
 
