@@ -145,9 +145,7 @@ def restore_sharded(
         `rule(path, leaf) -> Sharding | None`, a `jax.sharding.Sharding` or a
         `jax.sharding.Mesh`. It need not be the sharding the checkpoint was saved with.
         An array with no sharding (`None`, the default, or a rule returning `None`)
-        goes whole to the default device, unless `model` holds it already (an
-        initialized model, or an optimizer state made from one): then it keeps the
-        sharding it has there.
+        goes whole to the default device.
     - `with_state`: restore the pair `(model, state)` saved by
         `save_sharded(directory, (model, state))`, as [`lazymod.init_with_state`][]
         builds it. The state's arrays are placed as init places them: as `sharding`
@@ -204,11 +202,7 @@ def restore_sharded(
         stored = stored_arrays(ocp, checkpointer, path, directory)
         check_matches(model, directory, expected, stored, with_state)
         default = jax.sharding.SingleDeviceSharding(_default_device())
-        held = _held_shardings(model)  # (an array the model holds already stays there)
-        targets = {
-            key: _target(leaf, stored[key], held.get((key, np.shape(leaf)), default))
-            for key, (_, leaf) in expected.items()
-        }
+        targets = {key: _target(leaf, stored[key], default) for key, (_, leaf) in expected.items()}
         try:
             restored = checkpointer.restore(path, targets)
         except Exception as error:  # damaged files: name the directory
@@ -279,16 +273,6 @@ def _target(
         return jax.ShapeDtypeStruct(np.shape(leaf), held_as(leaf), sharding=default)
     # (init_shapes refused a sharding that does not fit the shape.)
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding or default)
-
-
-def _held_shardings(model: Any) -> dict[tuple[str, tuple[int, ...]], jax.sharding.Sharding]:
-    """The sharding of each array `model` holds already, by its checkpoint key and
-    shape: an array given no sharding is restored where the model holds it."""
-    return {
-        (path_str(path), leaf.shape): leaf.sharding
-        for path, leaf in jtu.tree_flatten_with_path(model)[0]
-        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
-    }
 
 
 def _first_line(error: BaseException) -> str:
