@@ -13,6 +13,7 @@ import jax.tree_util as jtu
 import numpy as np
 
 from ._errors import InitTypeError, InitValueError
+from ._sentinels import is_initialized
 
 
 def resolve_method(
@@ -126,6 +127,19 @@ def note_likely_causes(
             "(lazymod: the method takes a state: initialize a stateful model with "
             "lazymod.init_with_state(model, key, *inputs); lazymod.init_shapes, "
             "lazymod.summary and lazymod.restore take with_state=True.)"
+        )
+    shapes = any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(module))
+    if shapes and is_initialized(module) and "ShapeDtypeStruct" in str(error):  # a skeleton
+        restoring = entry in ("lazymod.restore", "lazymod.restore_sharded")
+        error.add_note(
+            f"(lazymod: {type(module).__name__} holds jax.ShapeDtypeStructs, as "
+            "lazymod.init_shapes returns them, and the forward pass cannot compute with "
+            f"them. Give {entry} the lazy model"
+            + (
+                "; or, to read the checkpoint into these shapes, pass no inputs.)"
+                if restoring
+                else ".)"
+            )
         )
     if _read_a_placeholder(error):
         error.add_note(

@@ -742,6 +742,16 @@ ROWS = [
         ),
     ),
     Row(
+        "init-of-the-shapes-init_shapes-returned",
+        lambda: lm.init_shapes(lm.nn.Linear(3), spec(4)),
+        lambda m: lm.init(m, 0, spec(4)),
+        TypeError,
+        (
+            r"Linear holds jax.ShapeDtypeStructs, as lazymod.init_shapes returns them",
+            "Give lazymod.init the lazy model",
+        ),
+    ),
+    Row(
         "dropout-probability-out-of-range",
         lambda: None,
         lambda m: lm.nn.Dropout(1.5),
@@ -975,6 +985,7 @@ def test_every_row_is_in_the_docs_errors_page():
         "init never rebuilds a layer",
         "between 0 and 1",
         "was read before anything set it",
+        "as lazymod.init_shapes returns them",
     ):
         assert phrase in page, phrase
 
