@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from ._checkpoint_metadata import check_matches, STATE, stored_arrays
+from ._checkpoint_metadata import check_matches, is_key, STATE, stored_arrays
 from ._errors import InitError
 from ._numpy_leaves import held_as, is_numpy, numpy_read
 from ._paths import display_path, KeyPath, path_str
@@ -145,7 +145,9 @@ def restore_sharded(
         `rule(path, leaf) -> Sharding | None`, a `jax.sharding.Sharding` or a
         `jax.sharding.Mesh`. It need not be the sharding the checkpoint was saved with.
         An array with no sharding (`None`, the default, or a rule returning `None`)
-        goes whole to the default device.
+        goes whole to the default device, uncommitted as init leaves it; restored
+        into an initialized tree (a trained model, an optimizer state), an array the
+        tree holds committed keeps that array's sharding.
     - `with_state`: restore the pair `(model, state)` saved by
         `save_sharded(directory, (model, state))`, as [`lazymod.init_with_state`][]
         builds it. The state's arrays are placed as init places them: as `sharding`
@@ -203,6 +205,21 @@ def restore_sharded(
         check_matches(model, directory, expected, stored, with_state)
         default = jax.sharding.SingleDeviceSharding(_default_device())
         targets = {key: _target(leaf, stored[key], default) for key, (_, leaf) in expected.items()}
+        # An array sharding= places nowhere comes back as init makes it: uncommitted on
+        # the default device, for JAX to move. Into an initialized tree (a trained model,
+        # an optimizer state), one the tree holds committed keeps its sharding.
+        held = _held(model) if is_initialized(model) else {}
+        loose = set()
+        for key, (_, leaf) in expected.items():
+            if is_numpy(leaf) or leaf.sharding is not None:
+                continue
+            array = held.get((key, leaf.shape))
+            if array is not None and array.committed:
+                targets[key] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=array.sharding)
+                continue
+            if not is_key(leaf):  # read as NumPy (a key: to the default device)
+                targets[key] = np.empty(leaf.shape, leaf.dtype)
+            loose.add(key)
         try:
             restored = checkpointer.restore(path, targets)
         except Exception as error:  # damaged files: name the directory
@@ -212,6 +229,8 @@ def restore_sharded(
                 f"or incomplete): {type(error).__name__}: {_first_line(error)}"
             ) from error
     leaves, treedef = jtu.tree_flatten_with_path(skeleton)
+    for key in loose:  # on the default device, uncommitted
+        restored[key] = _uncommitted(restored[key])
     values = [
         weak_as_made(restored[_key(path, with_state)], leaf)
         if isinstance(leaf, jax.ShapeDtypeStruct)
@@ -273,6 +292,23 @@ def _target(
         return jax.ShapeDtypeStruct(np.shape(leaf), held_as(leaf), sharding=default)
     # (init_shapes refused a sharding that does not fit the shape.)
     return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding or default)
+
+
+def _held(tree: Any) -> dict[tuple[str, tuple[int, ...]], jax.Array]:
+    """Each JAX array of `tree` by its checkpoint key and its shape."""
+    return {
+        (path_str(path), leaf.shape): leaf
+        for path, leaf in jtu.tree_flatten_with_path(tree)[0]
+        if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
+    }
+
+
+def _uncommitted(value: Any) -> jax.Array:
+    """`value` (NumPy, or a key array) on the default device, for JAX to move."""
+    if not is_key(value):
+        return jax.device_put(value)
+    data = jax.device_put(np.asarray(jax.random.key_data(value)))
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
 
 
 def _first_line(error: BaseException) -> str:

@@ -68,7 +68,7 @@ def check_matches(
                 f"{where}: expected {describe_leaf(like)}; the checkpoint has no array {key!r}"
             )
             continue
-        raw = jax.eval_shape(jax.random.key_data, like) if _is_key(like) else like
+        raw = jax.eval_shape(jax.random.key_data, like) if is_key(like) else like
         meta = stored[key]
         dtypes = {raw.dtype, held_as(like)} if is_numpy(like) else {raw.dtype}
         if tuple(meta.shape) != tuple(raw.shape) or jnp.dtype(meta.dtype) not in dtypes:
@@ -102,5 +102,5 @@ def check_matches(
     )
 
 
-def _is_key(leaf: Any) -> bool:
+def is_key(leaf: Any) -> bool:
     return jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)

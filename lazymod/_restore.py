@@ -196,8 +196,10 @@ def weak_as_made(found: jax.Array, like: jax.ShapeDtypeStruct) -> jax.Array:
         return found
     if not found.is_fully_addressable:  # across processes, init makes it strong too
         return found
-    weak = jnp.asarray(found.item())  # a Python scalar: weakly typed
-    return jax.device_put(weak, found.sharding) if weak.dtype == found.dtype else found
+    weak = jnp.asarray(found.item())  # a Python scalar: weakly typed, uncommitted
+    if weak.dtype != found.dtype:
+        return found
+    return jax.device_put(weak, found.sharding) if found.committed else weak
 
 
 def describe_leaf(leaf: Any) -> str:

@@ -123,6 +123,23 @@ def test_restore_into_another_sharding_than_saved(tmp_path):
     assert tree_bit_equal(restored, trained)
     assert restored.head.weight.sharding == NamedSharding(mesh, P())
     assert restored.conv.weight.sharding == jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # ... uncommitted, as lm.init leaves an array it places nowhere: JAX may move it.
+    assert not restored.conv.weight.committed and restored.head.weight.committed
+    assert not lm.init(ConvNet(), 0, spec(1, 8, 8), sharding=rule).conv.weight.committed
+
+
+def test_arrays_placed_nowhere_come_back_uncommitted_as_init_leaves_them(tmp_path):
+    # As optimizer.init makes a step count: uncommitted, so a jitted step over a mesh
+    # may move it. A key and a weakly typed scalar too.
+    tree = {"key": jax.random.key(1), "scale": jnp.asarray(2.0), "count": jnp.zeros((), int)}
+    assert not any(leaf.committed for leaf in tree.values())
+    lm.save_sharded(tmp_path / "tree", tree)
+    back = lm.restore_sharded(tree, tmp_path / "tree")
+    assert not any(leaf.committed for leaf in back.values()), back
+    assert back["scale"].weak_type and float(back["scale"]) == 2.0
+    assert (jax.random.key_data(back["key"]) == jax.random.key_data(tree["key"])).all()
+    placed = jax.device_put(tree, jax.devices()[0])  # committed: it keeps its place
+    assert all(leaf.committed for leaf in lm.restore_sharded(placed, tmp_path / "tree").values())
 
 
 def test_no_initializer_runs(tmp_path):
@@ -342,6 +359,33 @@ def run(model, state, x):
 out, state = run(model, state, jnp.ones((4, 32)))
 assert out.shape == (4, 2)
 print("stateful pair: runs")
+
+# An optimizer's state restored into a fresh one: moments sharded as the parameters
+# are, the step count uncommitted as optimizer.init made it; it runs the next step.
+import optax
+
+optimizer = optax.adam(1e-2)
+params = lambda block: eqx.filter(block, eqx.is_array)  # noqa: E731
+
+
+@eqx.filter_jit
+def train(block, opt_state, x):
+    grads = eqx.filter_grad(lambda b: jnp.mean(jax.vmap(b)(x) ** 2))(block)
+    updates, opt_state = optimizer.update(grads, opt_state, params(block))
+    return eqx.apply_updates(block, updates), opt_state
+
+
+block = lm.init(Block(), 0, spec, sharding=split(P("data", "model")))
+block, opt_state = train(block, optimizer.init(params(block)), jnp.ones((8, 32)))
+lm.save_sharded(sys.argv[1] + "_opt", opt_state)
+fresh = optimizer.init(params(block))
+restored = lm.restore_sharded(fresh, sys.argv[1] + "_opt")
+assert restored[0].mu.expand.weight.sharding == NamedSharding(mesh, P("data", "model"))
+assert not restored[0].count.committed and int(restored[0].count) == 1
+for was, now in zip(jax.tree.leaves(opt_state), jax.tree.leaves(restored)):
+    assert np.array_equal(np.asarray(was), np.asarray(now))
+train(block, restored, jnp.ones((8, 32)))
+print("optimizer state: restores and runs")
 """
 
 
@@ -370,6 +414,7 @@ def test_save_on_a_2x4_mesh_and_restore_into_rows_and_columns(tmp_path):
     assert "indivisible: refused" in result.stdout
     assert "indivisible shapes: refused" in result.stdout
     assert "stateful pair: runs" in result.stdout
+    assert "optimizer state: restores and runs" in result.stdout
 
 
 def test_numpy_arrays_restore_as_numpy_in_their_dtype(tmp_path):
