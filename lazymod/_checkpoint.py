@@ -217,7 +217,7 @@ def restore_sharded(
             if array is not None and array.committed:
                 targets[key] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=array.sharding)
                 continue
-            if not is_key(leaf):  # read as NumPy (a key: to the default device)
+            if _default_device().platform != "cpu" and not is_key(leaf):  # to the host only
                 targets[key] = np.empty(leaf.shape, leaf.dtype)
             loose.add(key)
         try:
@@ -304,9 +304,11 @@ def _held(tree: Any) -> dict[tuple[str, tuple[int, ...]], jax.Array]:
 
 
 def _uncommitted(value: Any) -> jax.Array:
-    """`value` (NumPy, or a key array) on the default device, for JAX to move."""
+    """`value` (NumPy, or an array on the default device) on the default device,
+    uncommitted, for JAX to move. On the CPU, NumPy's view of a device buffer is
+    put back without a copy."""
     if not is_key(value):
-        return jax.device_put(value)
+        return jax.device_put(np.asarray(value))
     data = jax.device_put(np.asarray(jax.random.key_data(value)))
     return jax.random.wrap_key_data(data, impl=jax.random.key_impl(value))
 
