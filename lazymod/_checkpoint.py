@@ -203,23 +203,24 @@ def restore_sharded(
     with ocp.StandardCheckpointer() as checkpointer:
         stored = stored_arrays(ocp, checkpointer, path, directory)
         check_matches(model, directory, expected, stored, with_state)
-        default = jax.sharding.SingleDeviceSharding(_default_device())
-        targets = {key: _target(leaf, stored[key], default) for key, (_, leaf) in expected.items()}
+        device = _default_device()
+        default, on_cpu = jax.sharding.SingleDeviceSharding(device), device.platform == "cpu"
         # An array sharding= places nowhere comes back as init makes it: uncommitted on
-        # the default device, for JAX to move. Into an initialized tree (a trained model,
-        # an optimizer state), one the tree holds committed keeps its sharding.
+        # the default device, for JAX to move (`loose`). Into an initialized tree (a
+        # trained model, an optimizer state), one the tree holds committed keeps its
+        # sharding.
         held = _held(model) if is_initialized(model) else {}
-        loose = set()
+        targets, loose = {}, set()
         for key, (_, leaf) in expected.items():
-            if is_numpy(leaf) or leaf.sharding is not None:
-                continue
-            array = held.get((key, leaf.shape))
-            if array is not None and array.committed:
-                targets[key] = jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=array.sharding)
-                continue
-            if _default_device().platform != "cpu" and not is_key(leaf):  # to the host only
+            array = held.get((key, np.shape(leaf)))
+            kept = array.sharding if array is not None and array.committed else None
+            placed = getattr(leaf, "sharding", None) or kept
+            if placed is None and not is_numpy(leaf):
+                loose.add(key)
+            if key in loose and not on_cpu and not is_key(leaf):  # read to the host only
                 targets[key] = np.empty(leaf.shape, leaf.dtype)
-            loose.add(key)
+            else:
+                targets[key] = _target(leaf, stored[key], placed or default)
         try:
             restored = checkpointer.restore(path, targets)
         except Exception as error:  # damaged files: name the directory
@@ -280,18 +281,17 @@ def _key(path: KeyPath, is_pair: bool) -> str:
 def _target(
     leaf: jax.ShapeDtypeStruct | np.ndarray | np.generic,
     stored: Any,
-    default: jax.sharding.Sharding,
+    sharding: jax.sharding.Sharding,
 ) -> Any:
-    """What Orbax restores the array into: its shape, dtype and sharding (or
-    `default`). A NumPy array saved as
-    init left it is read as NumPy; saved in the dtype JAX holds it in (after a jitted
-    training step), as a JAX array on the default device."""
+    """What Orbax restores the array into: its shape, dtype and `sharding` (one that
+    fits: init_shapes refused any other). A NumPy array saved as init left it is read
+    as NumPy; saved in the dtype JAX holds it in (after a jitted training step), as a
+    JAX array in `sharding`."""
     if is_numpy(leaf):
         if jnp.dtype(stored.dtype) == leaf.dtype:
             return np.asarray(leaf)
-        return jax.ShapeDtypeStruct(np.shape(leaf), held_as(leaf), sharding=default)
-    # (init_shapes refused a sharding that does not fit the shape.)
-    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding or default)
+        return jax.ShapeDtypeStruct(np.shape(leaf), held_as(leaf), sharding=sharding)
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
 
 
 def _held(tree: Any) -> dict[tuple[str, tuple[int, ...]], jax.Array]:

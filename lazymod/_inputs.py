@@ -128,8 +128,7 @@ def note_likely_causes(
             "lazymod.init_with_state(model, key, *inputs); lazymod.init_shapes, "
             "lazymod.summary and lazymod.restore take with_state=True.)"
         )
-    shapes = any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(module))
-    if shapes and is_initialized(module) and "ShapeDtypeStruct" in str(error):  # a skeleton
+    if "ShapeDtypeStruct" in str(error) and _is_skeleton(module):
         restoring = entry in ("lazymod.restore", "lazymod.restore_sharded")
         error.add_note(
             f"(lazymod: {type(module).__name__} holds jax.ShapeDtypeStructs, as "
@@ -201,3 +200,10 @@ def _read_a_placeholder(error: BaseException) -> bool:
         ):
             return True
     return False
+
+
+def _is_skeleton(module: Any) -> bool:
+    """Whether `module` is a tree `lazymod.init_shapes` returns: nothing lazy left, and
+    `jax.ShapeDtypeStruct`s where the arrays go."""
+    shapes = any(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in jax.tree.leaves(module))
+    return shapes and is_initialized(module)
