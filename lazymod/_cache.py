@@ -105,8 +105,9 @@ def keep(key: Hashable | None, traced: Any) -> None:
     jaxpr = traced.jaxpr.jaxpr
     constants = sum(getattr(c, "nbytes", 0) for c in traced.jaxpr.consts)
     leaves = [*traced.skeleton.leaves, *traced.skeleton.inter_leaves]
+    constvars = set(jaxpr.constvars)
     shared = any(isinstance(leaf, np.ndarray) for leaf in leaves) or any(
-        v in set(jaxpr.constvars) for v in jaxpr.outvars if isinstance(v, jex_core.Var)
+        v in constvars for v in jaxpr.outvars if isinstance(v, jex_core.Var)
     )
     if shared or constants > _MAX_CONSTANT_BYTES:
         return
