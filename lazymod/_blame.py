@@ -2,7 +2,9 @@
 passed through, whose `self` is a module of the tree init runs (an Equinox layer
 inside a `Sequential`, a built layer), for the note that names it."""
 
-from types import TracebackType
+import dis
+import functools
+from types import CodeType, TracebackType
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -16,6 +18,9 @@ class Blame(NamedTuple):
     module: Any
     method: str
     inputs: str  # as describe_inputs gives them
+    # Whether `inputs` are those it was called with: not if the method rebinds an
+    # argument (Equinox's Conv2d makes its `x` 4-d), as a frame shows only its locals.
+    as_called: bool
 
 
 def blame(error: BaseException, root: Any) -> Blame | None:
@@ -30,9 +35,19 @@ def blame(error: BaseException, root: Any) -> Blame | None:
             continue
         code = frame.f_code
         names = code.co_varnames[1 : code.co_argcount + code.co_kwonlyargcount]
-        inputs = [frame.f_locals.get(name) for name in names]
-        return Blame(path, module, code.co_name, describe_inputs(inputs, {}))
+        inputs = describe_inputs([frame.f_locals.get(name) for name in names], {})
+        return Blame(path, module, code.co_name, inputs, not _rebinds(code, frozenset(names)))
     return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _rebinds(code: CodeType, arguments: frozenset[str]) -> bool:
+    """Whether the function of `code` assigns to one of its `arguments`."""
+    return any(
+        instruction.opname in ("STORE_FAST", "STORE_DEREF", "DELETE_FAST")
+        and instruction.argval in arguments
+        for instruction in dis.get_instructions(code)
+    )
 
 
 def _private(name: str) -> bool:

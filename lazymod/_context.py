@@ -220,13 +220,17 @@ class InitContext:
         blamed = blame(error, module)
         if blamed is not None and (blamed.path or call is None):
             path, module, call_text = path + blamed.path, blamed.module, blamed.method
-            inputs = blamed.inputs
+            inputs = (
+                f"called with inputs {blamed.inputs}"
+                if blamed.as_called
+                else f"whose arguments were {blamed.inputs} when it raised"
+            )
         elif call is not None:
-            call_text, inputs = call[0], describe_inputs(call[1], call[2])
+            call_text, inputs = call[0], f"called with inputs {describe_inputs(*call[1:])}"
         else:
             return
         self.raised_in = f"{self.where(path)} ({type(module).__name__}.{call_text})"
-        error.add_note(f"{_RAISED_IN}{self.raised_in}, called with inputs {inputs})")
+        error.add_note(f"{_RAISED_IN}{self.raised_in}, {inputs})")
 
     def _raise_called_again(
         self, module: Any, path: KeyPath, name: str, args: Any, kwargs: Any, error: Exception
@@ -281,8 +285,9 @@ class InitContext:
 
     # --- keys ----------------------------------------------------------------------
 
-    def root_key(self, stream: str) -> PRNGKeyArray:
-        """The key given for `stream`, or for `"params"` when there is none."""
+    def root_key(self, stream: str, path: KeyPath) -> PRNGKeyArray:
+        """The key given for `stream`, or for `"params"` when there is none; `path` is
+        the module (or field) that draws, for the error."""
         try:
             return self.keys[stream]
         except KeyError:
@@ -290,10 +295,15 @@ class InitContext:
         try:
             return self.keys[DEFAULT_STREAM]
         except KeyError:
+            missing = (
+                f"from the stream {stream!r}, which has no key"
+                if stream == DEFAULT_STREAM
+                else f"from the stream {stream!r}, which has no key and none to fall "
+                f"back to (a stream without a key uses {DEFAULT_STREAM!r})"
+            )
             raise InitError(
-                f"lazymod.init was given keys for the streams {sorted(self.keys)}, but a "
-                f"key was drawn from the stream {stream!r} and there is no "
-                f"{DEFAULT_STREAM!r} key to fall back to. Add "
+                f"{self.where(path)}: drew a key {missing}; lazymod.init was given keys "
+                f"for the streams {sorted(self.keys)} only. Add "
                 + (f"{stream!r} or " if stream != DEFAULT_STREAM else "")
                 + f"{DEFAULT_STREAM!r} to the dict of keys."
             ) from None
@@ -304,7 +314,8 @@ class InitContext:
         counter = (path, self.phase, stream)
         count = self.counters.get(counter, 0)
         self.counters[counter] = count + 1
-        return derive_key(self.root_key(stream), stream, "next_key", path, self.phase.value, count)
+        root = self.root_key(stream, path)
+        return derive_key(root, stream, "next_key", path, self.phase.value, count)
 
     # --- the trace -----------------------------------------------------------------
 

@@ -61,8 +61,9 @@ def init(
     - `key`: a `jax.random.key(...)`, a legacy `jax.random.PRNGKey(...)`, an int seed
         (same as `jax.random.key(seed)`), or a dict `{stream: key}`. A single key feeds
         the `"params"` stream; a stream with no key of its own falls back to
-        `"params"`. The key of every value is derived from its stream and path, so
-        adding, removing or reordering other fields never changes it.
+        `"params"`. The key of every value is derived from its stream and path (and,
+        for `lazymod.next_key`, from how many keys its module drew before it), so
+        adding, removing or reordering other layers never changes it.
     - `*args`, `**kwargs`: the inputs of `method`: arrays, `jax.ShapeDtypeStruct`s, or
         pytrees of them. Specs are only traced, never computed. With no inputs and no
         `method`, only Initializers and `rng_init` run.

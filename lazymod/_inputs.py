@@ -30,6 +30,11 @@ def resolve_method(
             f"{entry} takes the module first, as in {entry}(model, ...); got "
             f"{type(module).__name__}."
         )
+    if isinstance(module, type):
+        raise TypeError(
+            f"{entry} got the class {module.__name__}, not a module: pass an instance, "
+            f"as in {entry}({module.__name__}(), ...)."
+        )
     if method is None:
         if not has_inputs:
             return None
@@ -92,7 +97,9 @@ def note_likely_causes(
 ) -> None:
     """Where lazymod can tell what went wrong, say what to do, in a note."""
     built = any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(module))
-    if built and isinstance(error, TypeError | ValueError) and "shape" in str(error):
+    # JAX's shape errors name a shape, a dimension or a size (a conv's feature size).
+    sizes = re.search(r"shape|dimension|size", str(error))
+    if built and isinstance(error, TypeError | ValueError) and sizes:
         error.add_note(
             f"(lazymod: {type(module).__name__} holds built layers, and init never "
             "rebuilds a layer: a layer built for inputs of one shape cannot take another. "
@@ -113,8 +120,9 @@ def note_likely_causes(
     )
     takes_no_key = entry in ("lazymod.init_shapes", "lazymod.summary", "lazymod.restore")
     if too_many and takes_no_key and (is_key or type(first) is int):
+        given = "a key" if is_key else f"the int {first!r}"
         error.add_note(
-            f"(lazymod: the input args[0] is {first!r}, but {entry} takes no key: "
+            f"(lazymod: the input args[0] is {given}, but {entry} takes no key: "
             f"{entry}(model, {'path_or_file, ' if entry == 'lazymod.restore' else ''}"
             "*inputs).)"
         )
@@ -184,10 +192,12 @@ def note_likely_causes(
             "neither: while init runs, it normalizes with its initial statistics.)"
         )
     for index, arg in enumerate(args):
-        if isinstance(arg, tuple) and arg and all(isinstance(d, int) for d in arg):
+        if isinstance(arg, tuple | list) and arg and all(isinstance(d, int) for d in arg):
+            shape = tuple(arg)
             error.add_note(
-                f"(lazymod: the input args[{index}] is the tuple {arg!r}. To pass a shape, "
-                f"pass a spec: jax.ShapeDtypeStruct({arg!r}, jnp.float32).)"
+                f"(lazymod: the input args[{index}] is the {type(arg).__name__} {arg!r}. To "
+                f"pass a shape, pass a spec: jax.ShapeDtypeStruct({shape!r}, jnp.float32), "
+                "or jnp.int32 for token ids.)"
             )
 
 

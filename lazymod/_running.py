@@ -134,6 +134,19 @@ def next_key(stream: str = DEFAULT_STREAM) -> PRNGKeyArray:
             "while init runs, inside `rng_init` or an `if self.initializing():` block; "
             "elsewhere, pass a key explicitly (for example `key=` at call time)."
         )
+    path = context.stack[-1]
+    if context.phase is Phase.CALL and not context.may_assign(path):
+        # Init could give a key here, but the initialized model, running the same
+        # code at every call, could not: refuse it now rather than at its first call.
+        raise InitError(
+            f"{context.where(path)}: lazymod.next_key() was called in the forward pass "
+            "outside an `if self.initializing():` block, so the initialized model would "
+            "call it again at every call, where no key can be drawn. Draw the keys that "
+            "build fields inside `if self.initializing():`; for a key that every call "
+            "needs (dropout), take a `key=` argument at call time, as Equinox layers do "
+            "(lazymod.nn.Dropout draws one from the 'dropout' stream only while init "
+            "runs it without one)."
+        )
     drawn = _drawn.get()
     if drawn is not None:
         drawn.append(stream)

@@ -242,7 +242,7 @@ def _run_initializer(
 ) -> jax.Array:
     where = display_path(root, path)
     stream = initializer.stream
-    key = derive_key(context.root_key(stream), stream, "initializer", path)
+    key = derive_key(context.root_key(stream, path), stream, "initializer", path)
     try:
         value = initializer.fn(key)
     except UninitializedError:

@@ -4,8 +4,12 @@ and says what to do, and that the user's module is left exactly as it was."""
 
 import dataclasses
 import io
+import os
 import re
+import subprocess
+import sys
 import tempfile
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -156,6 +160,11 @@ class NoParamsStream(lm.Module):
 
     def rng_init(self):
         self.w = jax.random.normal(lm.next_key("dropout"), (3,))
+
+
+class DrawsAtEveryCall(lm.Module):
+    def __call__(self, x):
+        return x + jax.random.normal(lm.next_key("dropout"), x.shape)
 
 
 class Setter(lm.Module):
@@ -332,7 +341,31 @@ ROWS = [
         NoParamsStream,
         lambda m: lm.init(m, {"noise": jax.random.key(0)}),
         lm.InitError,
-        ("stream 'dropout'", "no 'params' key to fall back to", "Add 'dropout' or 'params'"),
+        (
+            r"NoParamsStream: drew a key from the stream 'dropout', which has no key and none "
+            r"to fall back to",
+            r"given keys for the streams \['noise'\] only",
+            "Add 'dropout' or 'params'",
+        ),
+    ),
+    Row(
+        "the-params-stream-without-a-key",
+        lambda: Model(),
+        lambda m: lm.init(m, {"dropout": jax.random.key(0)}, spec(5)),
+        lm.InitError,
+        (r"Model.head: drew a key from the stream 'params', which has no key;", "Add 'params'"),
+    ),
+    Row(
+        # A key drawn at every call could not be drawn once the model is initialized.
+        "next_key-in-the-forward-pass-outside-initializing",
+        lambda: DrawsAtEveryCall(),
+        lambda m: lm.init(m, 0, spec(3)),
+        lm.InitError,
+        (
+            r"DrawsAtEveryCall: lazymod.next_key\(\) was called in the forward pass outside "
+            r"an `if self.initializing\(\):` block",
+            "take a `key=` argument at call time",
+        ),
     ),
     Row(
         "spec-batched-for-linear",
@@ -703,6 +736,16 @@ ROWS = [
         ("lazymod.nn.Linear: out_features must be an int; got str|parameter 'out_features'",),
     ),
     Row(
+        "an-input-missing-an-axis",
+        lambda: lm.nn.Conv2d(4, 3),
+        lambda m: lm.init(m, 0, spec(32, 32)),
+        lm.InitValueError,
+        (
+            r"Conv2d \(Conv2d\): expected a rank-3 array .* got an input of shape \(32, 32\)\. "
+            r"It has 2 axes, fewer than the 3 the layer takes: give it the missing one",
+        ),
+    ),
+    Row(
         "layer-size-zero",
         lambda: None,
         lambda m: lm.nn.Conv2d(8, kernel_size=0),
@@ -716,7 +759,7 @@ ROWS = [
         TypeError,
         (
             r"raised in Sequential\.layers\[1\] \(Linear.__call__\), "
-            r"called with inputs \(float32\[4\]\)",
+            r"whose arguments were \(float32\[4\]\) when it raised",
         ),
     ),
     Row(
@@ -725,9 +768,34 @@ ROWS = [
         lambda m: lm.init(m, 0, spec(8)),
         TypeError,
         (
-            r"raised in Model\.head \(Linear.__call__\), called with inputs \(float32\[8\]\)",
+            r"raised in Model\.head \(Linear.__call__\), whose arguments were "
+            r"\(float32\[8\]\) when it raised",
             "init never rebuilds a layer",
             "initialize a new lazy model",
+        ),
+    ),
+    Row(
+        # JAX's conv error names no shape, only a "feature dimension size"; and
+        # Equinox's Conv2d makes its `x` 4-d before it raises, so the note gives the
+        # arguments as they were then, saying so.
+        "re-init-of-a-built-conv-with-other-channels",
+        lambda: lm.init(lm.nn.Conv2d(4, kernel_size=3), 0, spec(1, 8, 8)),
+        lambda m: lm.init(m, 0, spec(3, 8, 8)),
+        ValueError,
+        (
+            r"raised in Conv2d \(Conv2d.__call__\), whose arguments were "
+            r"\(float32\[1,3,8,8\]\) when it raised",
+            "init never rebuilds a layer",
+        ),
+    ),
+    Row(
+        "the-class-for-an-instance",
+        lambda: None,
+        lambda m: lm.init(Model, 0, spec(4)),
+        TypeError,
+        (
+            r"lazymod.init got the class Model, not a module: pass an instance, as in "
+            r"lazymod.init\(Model\(\), \.\.\.\)",
         ),
     ),
     Row(
@@ -945,7 +1013,9 @@ def test_every_row_is_in_the_docs_errors_page():
         "inside a JAX transformation",
         "a traced array was assigned to this static field",
         "lazymod.next_key() was called outside lazymod.init",
-        "no 'params' key to fall back to",
+        "which has no key and none to fall back to",
+        "next_key() was called in the forward pass outside",
+        "got the class Model, not a module",
         "the same lazy",
         "lazymod.restore: the checkpoint",
         "UninitializedError",
@@ -1030,6 +1100,16 @@ def test_a_shape_tuple_given_for_a_spec_gets_a_note_with_the_fix():
     assert any("args[0] is the tuple (784,)" in n and "ShapeDtypeStruct((784,)" in n for n in notes)
 
 
+def test_a_shape_list_given_for_a_spec_is_called_a_list():
+    with pytest.raises(Exception) as info:
+        lm.init(Model(), 0, [1, 784])
+    notes = getattr(info.value, "__notes__", [])
+    assert any(
+        "args[0] is the list [1, 784]" in n and "ShapeDtypeStruct((1, 784), jnp.float32)" in n
+        for n in notes
+    ), notes
+
+
 def test_a_stateful_model_given_to_init_is_told_about_init_with_state():
     class Stateful(lm.Module):
         norm: lm.nn.BatchNorm
@@ -1088,3 +1168,48 @@ def test_a_note_is_added_only_where_it_says_something_new():
     # A user's own error that happens to say "Placeholder" is not about lazy fields.
     message = message_of(lambda: lm.init(RaisesItsOwn(), 0, spec(3)))
     assert "MyPlaceholder" in message and "read before anything set it" not in message
+
+
+def test_equinox_argument_habits_are_refused_with_the_lazymod_call():
+    # Equinox's order gives the input size first: `Linear(784, 10)` would put 10 in
+    # `use_bias`. Run without the test suite's jaxtyping hook, which would refuse these
+    # arguments first, so the message is the one a user sees.
+    script = textwrap.dedent(
+        """
+        import lazymod as lm
+        for make in (
+            lambda: lm.nn.Linear(784, 10),
+            lambda: lm.nn.LayerNorm(64),
+            lambda: lm.nn.GroupNorm(8, 32),
+            lambda: lm.nn.MLP(784, 10, 64, 2),
+            lambda: lm.nn.Conv2d(16, 3, use_bias="no"),
+        ):
+            try:
+                make()
+            except TypeError as error:
+                print(error)
+            else:
+                print("accepted")
+        """
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    printed = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert printed.returncode == 0, printed.stderr
+    linear, layer_norm, group_norm, mlp, conv = printed.stdout.splitlines()
+    assert linear == (
+        "lazymod.nn.Linear: use_bias must be a bool; got int 10. lazymod.nn.Linear infers "
+        "its input size, so it takes Equinox's arguments without it: "
+        "equinox.nn.Linear(784, 10) is lazymod.nn.Linear(10)."
+    )
+    assert layer_norm.startswith(
+        "lazymod.nn.LayerNorm: eps must be a float (such as 1e-5); got int 64."
+    )
+    assert layer_norm.endswith("equinox.nn.LayerNorm(64) is lazymod.nn.LayerNorm().")
+    assert "equinox.nn.GroupNorm(8, 32) is lazymod.nn.GroupNorm(8)." in group_norm
+    assert mlp.startswith(
+        "lazymod.nn.MLP: activation must be a function, such as jax.nn.relu; got int 2."
+    )
+    assert mlp.endswith("equinox.nn.MLP(784, 10, 64, 2) is lazymod.nn.MLP(10, 64, 2).")
+    assert conv == "lazymod.nn.Conv2d: use_bias must be a bool; got str 'no'."

@@ -354,7 +354,10 @@ def test_the_dropout_stream_is_the_one_drawn():
 
     model = lm.init(OnlyDropout(lm.nn.Dropout(0.2)), {"dropout": jax.random.key(0)}, spec(3))
     assert type(model.dropout) is eqx.nn.Dropout
-    with pytest.raises(lm.InitError, match="stream 'dropout' and there is no 'params'"):
+    with pytest.raises(
+        lm.InitError,
+        match="OnlyDropout.dropout: drew a key from the stream 'dropout', which has no key",
+    ):
         lm.init(OnlyDropout(lm.nn.Dropout(0.2)), {"other": jax.random.key(0)}, spec(3))
 
 

@@ -240,7 +240,7 @@ def test_a_new_layer_in_a_trained_stateful_model_is_initialized_with_its_state()
         lm.init(new, 1, spec(3), state)
     notes = "".join(raised.value.__notes__)
     assert "eqx.nn.inference_mode(model)" in notes
-    assert "called with inputs (float32[3], State)" in notes  # the state as one input
+    assert "whose arguments were (float32[3], State)" in notes  # the state as one input
     built = lm.init(eqx.nn.inference_mode(new), 1, spec(3), state)
     assert built.head.weight.shape == (5, 3) and built.norm.inference
     assert tree_bit_equal(built.norm.weight, model.norm.weight)

@@ -11,7 +11,7 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .._errors import InitTypeError
 from .._running import next_key, run_built
-from ._lazy import check_sizes, LazyLayer
+from ._lazy import check_flags, check_sizes, LazyLayer
 
 
 # The types of the configuration fields once `_hashable` has turned lists into tuples
@@ -33,7 +33,9 @@ def _in_channels(layer: "Convolution", x: Array) -> int:
     n = layer.num_spatial_dims
     if x.ndim != n + 1:
         spatial = ", ".join(f"dim_{i}" for i in range(1, n + 1))
-        raise layer._bad_input(f"a rank-{n + 1} array of shape (in_channels, {spatial})", x)
+        raise layer._bad_input(
+            f"a rank-{n + 1} array of shape (in_channels, {spatial})", x, rank=n + 1
+        )
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         raise layer._bad_input(
             "a floating-point input",
@@ -76,6 +78,11 @@ class Convolution(LazyLayer):
         fields must be hashable)."""
         sizes = ("out_channels", "kernel_size", "stride", "dilation", "groups")
         check_sizes(type(self).__name__, **{n: arguments[n] for n in sizes if n in arguments})
+        if "use_bias" in arguments:
+            name = type(self).__name__
+            dims = "" if name[-1] == "d" else "2, "  # Conv(num_spatial_dims, ...)
+            habit = (f"{name}({dims}3, 16, 5)", f"{name}({dims}16, 5)")
+            check_flags(name, habit, use_bias=arguments["use_bias"])
         for name, value in arguments.items():
             setattr(self, name, _hashable(value))
         groups, out_channels = arguments.get("groups", 1), arguments["out_channels"]

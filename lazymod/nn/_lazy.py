@@ -101,7 +101,8 @@ class LazyLayer(Partitioned):
                     "an array",
                     first,
                     "Pass a jax.Array or a jax.ShapeDtypeStruct (for a shape, "
-                    "jax.ShapeDtypeStruct((784,), jnp.float32), not the tuple).",
+                    f"jax.ShapeDtypeStruct((784,), jnp.float32), not the "
+                    f"{type(first).__name__}).",
                     InitTypeError,
                 )
             if 0 in shape:
@@ -125,12 +126,20 @@ class LazyLayer(Partitioned):
         got: Any,
         fix: str | None = None,
         kind: type[InitError] = InitValueError,
+        rank: int | None = None,
     ) -> InitError:
         """An error naming this layer's path, the expected and the received shape, and
-        the fix (by default, for a batched input: vmap). It is an `InitValueError` (a
-        shape problem) unless `kind` says otherwise."""
+        the fix (by default, for a batched input: vmap; for an input with fewer axes
+        than the `rank` the layer takes: the missing axis). It is an `InitValueError`
+        (a shape problem) unless `kind` says otherwise."""
         shape = getattr(got, "shape", None)
         received = f"shape {tuple(shape)}" if shape is not None else type(got).__name__
+        if fix is None and rank is not None and shape is not None and len(shape) < rank:
+            fix = (
+                f"It has {len(shape)} axes, fewer than the {rank} the layer takes: give it "
+                "the missing one (x[None] adds one of size 1, as for a single channel); "
+                "only a batch axis is left out, and jax.vmap maps over it."
+            )
         fix = fix or (
             "lazymod.nn layers take unbatched inputs, as Equinox layers do: apply "
             "jax.vmap over the batch axis."
@@ -157,6 +166,49 @@ def check_sizes(layer: str, minimum: int = 1, **sizes: Any) -> None:
                 raise ValueError(
                     f"lazymod.nn.{layer}: {name} must be at least {minimum}; got {size}."
                 )
+
+
+def check_flags(layer: str, habit: tuple[str, str], **flags: Any) -> None:
+    """Refuse, at construction, a flag (`use_bias=`, ...) that is not a bool: most often
+    an Equinox habit, the input size given first (`Linear(784, 10)` puts 10 in
+    `use_bias`). `habit` is that mistake and its fix, `("Linear(784, 10)",
+    "Linear(10)")`, for the message."""
+    for name, value in flags.items():
+        if not isinstance(value, bool | np.bool_):
+            habit_hint = _equinox_habit(layer, habit) if isinstance(value, int | np.integer) else ""
+            raise TypeError(
+                f"lazymod.nn.{layer}: {name} must be a bool; got {type(value).__name__} "
+                f"{value!r}.{habit_hint}"
+            )
+
+
+def check_function(layer: str, habit: tuple[str, str], **functions: Any) -> None:
+    """Refuse an activation (or other function argument) that cannot be called."""
+    for name, value in functions.items():
+        if not callable(value):
+            habit_hint = _equinox_habit(layer, habit) if isinstance(value, int | np.integer) else ""
+            raise TypeError(
+                f"lazymod.nn.{layer}: {name} must be a function, such as jax.nn.relu; got "
+                f"{type(value).__name__} {value!r}.{habit_hint}"
+            )
+
+
+def check_eps(layer: str, eps: Any, habit: tuple[str, str]) -> None:
+    """Refuse an `eps` that is not a float, as `LayerNorm(64)` (Equinox's `shape` given
+    first) would make it."""
+    if isinstance(eps, bool) or not isinstance(eps, float | np.floating):
+        raise TypeError(
+            f"lazymod.nn.{layer}: eps must be a float (such as 1e-5); got "
+            f"{type(eps).__name__} {eps!r}.{_equinox_habit(layer, habit)}"
+        )
+
+
+def _equinox_habit(layer: str, habit: tuple[str, str]) -> str:
+    equinox, lazy = habit
+    return (
+        f" lazymod.nn.{layer} infers its input size, so it takes Equinox's arguments "
+        f"without it: equinox.nn.{equinox} is lazymod.nn.{lazy}."
+    )
 
 
 # Per kind of build (the lazy layer's type and fields, the inputs' shapes): the streams

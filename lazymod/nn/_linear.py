@@ -4,7 +4,7 @@ import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
 from .._running import next_key, run_built
-from ._lazy import check_sizes, LazyLayer
+from ._lazy import check_flags, check_sizes, LazyLayer
 
 
 class Linear(LazyLayer):
@@ -38,6 +38,7 @@ class Linear(LazyLayer):
         - `dtype`: the parameters' dtype (default: JAX's default float dtype).
         """
         check_sizes("Linear", 0, out_features=out_features)
+        check_flags("Linear", ("Linear(784, 10)", "Linear(10)"), use_bias=use_bias)
         self.out_features = out_features
         self.use_bias = use_bias
         self.dtype = dtype

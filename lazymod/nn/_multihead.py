@@ -5,7 +5,7 @@ import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
 from .._running import next_key, run_built
-from ._lazy import check_sizes, LazyLayer
+from ._lazy import check_flags, check_sizes, LazyLayer
 
 
 class MultiheadAttention(LazyLayer):
@@ -71,6 +71,14 @@ class MultiheadAttention(LazyLayer):
         - `dtype`: the parameters' dtype (default: JAX's default float dtype).
         """
         check_sizes("MultiheadAttention", num_heads=num_heads)
+        check_flags(
+            "MultiheadAttention",
+            ("MultiheadAttention(8, 512)", "MultiheadAttention(8)"),
+            use_query_bias=use_query_bias,
+            use_key_bias=use_key_bias,
+            use_value_bias=use_value_bias,
+            use_output_bias=use_output_bias,
+        )
         self.num_heads = num_heads
         self.output_size = output_size
         self.qk_size = qk_size
@@ -86,7 +94,7 @@ class MultiheadAttention(LazyLayer):
     def _build(self, query: Array, key_: Array, value: Array) -> eqx.nn.MultiheadAttention:
         for name, x in (("query", query), ("key_", key_), ("value", value)):
             if x.ndim != 2:
-                raise self._bad_input(f"`{name}` of shape (seq_length, {name}_size)", x)
+                raise self._bad_input(f"`{name}` of shape (seq_length, {name}_size)", x, rank=2)
         if key_.shape[0] != value.shape[0]:
             raise self._bad_input(
                 f"`value` of the sequence length of `key_`, which has shape {tuple(key_.shape)}",

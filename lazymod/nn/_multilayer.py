@@ -11,7 +11,7 @@ from jaxtyping import Array, PRNGKeyArray
 
 from .._kept_calls import call_kept
 from .._running import left_out, may_leave_out, next_key, staged_init
-from ._lazy import check_sizes, LazyLayer
+from ._lazy import check_flags, check_function, check_sizes, LazyLayer
 
 
 # Equinox's own default activations, so that the built MLP equals one made by hand.
@@ -73,6 +73,9 @@ class MLP(LazyLayer):
         - `scan`: whether the hidden layers run in a `jax.lax.scan` (as in Equinox).
         """
         check_sizes("MLP", 0, out_size=out_size, width_size=width_size, depth=depth)
+        habit = ("MLP(784, 10, 64, 2)", "MLP(10, 64, 2)")
+        check_function("MLP", habit, activation=activation, final_activation=final_activation)
+        check_flags("MLP", habit, use_bias=use_bias, use_final_bias=use_final_bias, scan=scan)
         self.out_size = out_size
         self.width_size = width_size
         self.depth = depth

@@ -4,7 +4,7 @@ import equinox as eqx
 from jaxtyping import Array, PRNGKeyArray
 
 from .._running import run_built
-from ._lazy import check_sizes, LazyLayer
+from ._lazy import check_eps, check_flags, check_sizes, LazyLayer
 
 
 # `state` is optional in the normalisation layers' `__call__`, as in Equinox: given, the
@@ -54,6 +54,10 @@ class LayerNorm(LazyLayer):
         - `use_weight`, `use_bias`: whether to learn an elementwise scale and shift.
         - `dtype`: the parameters' dtype (default: JAX's default float dtype).
         """
+        name = type(self).__name__
+        habit = (f"{name}(64)", f"{name}()")
+        check_eps(name, eps, habit)
+        check_flags(name, habit, use_weight=use_weight, use_bias=use_bias)
         self.eps = eps
         self.use_weight = use_weight
         self.use_bias = use_bias
@@ -147,6 +151,9 @@ class GroupNorm(LazyLayer):
         - `dtype`: the parameters' dtype (default: JAX's default float dtype).
         """
         check_sizes("GroupNorm", groups=groups)
+        habit = ("GroupNorm(8, 32)", "GroupNorm(8)")
+        check_eps("GroupNorm", eps, habit)
+        check_flags("GroupNorm", habit, channelwise_affine=channelwise_affine)
         self.groups = groups
         self.eps = eps
         self.channelwise_affine = channelwise_affine

@@ -64,7 +64,7 @@ class GRUCell(LazyLayer):
 
     def _build(self, input: Array, hidden: Any) -> eqx.Module:
         if input.ndim != 1:
-            raise self._bad_input("an input of shape (input_size,)", input)
+            raise self._bad_input("an input of shape (input_size,)", input, rank=1)
         self._check_hidden(hidden)
         return type(self)._equinox(
             input.shape[0], self.hidden_size, self.use_bias, self.dtype, key=next_key()

@@ -70,7 +70,7 @@ class RotaryPositionalEmbedding(LazyLayer):
 
     def _build(self, x: Array) -> eqx.nn.RotaryPositionalEmbedding:
         if x.ndim != 2:
-            raise self._bad_input("an array of shape (seq_length, embedding_size)", x)
+            raise self._bad_input("an array of shape (seq_length, embedding_size)", x, rank=2)
         if x.shape[1] % 2 != 0:
             raise self._bad_input(
                 "an even embedding_size (the last axis), as rotations act on pairs",
