@@ -42,12 +42,22 @@ def blame(error: BaseException, root: Any) -> Blame | None:
 
 @functools.lru_cache(maxsize=1024)
 def _rebinds(code: CodeType, arguments: frozenset[str]) -> bool:
-    """Whether the function of `code` assigns to one of its `arguments`."""
-    return any(
-        instruction.opname in ("STORE_FAST", "STORE_DEREF", "DELETE_FAST")
-        and instruction.argval in arguments
-        for instruction in dis.get_instructions(code)
-    )
+    """Whether the function of `code` assigns to (or deletes) one of its `arguments`,
+    by any of CPython's store instructions: 3.12 adds `STORE_FAST_MAYBE_NULL`, 3.13
+    `STORE_FAST_STORE_FAST` and `STORE_FAST_LOAD_FAST`, whose names are a pair."""
+    for instruction in dis.get_instructions(code):
+        if not instruction.opname.startswith(_STORES):
+            continue
+        names = instruction.argval
+        names = names if isinstance(names, tuple) else (names,)
+        if instruction.opname == "STORE_FAST_LOAD_FAST":
+            names = names[:1]  # stores the first, loads the second
+        if any(name in arguments for name in names):
+            return True
+    return False
+
+
+_STORES = ("STORE_FAST", "STORE_DEREF", "DELETE_FAST", "DELETE_DEREF")
 
 
 def _private(name: str) -> bool:

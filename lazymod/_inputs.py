@@ -97,8 +97,8 @@ def note_likely_causes(
 ) -> None:
     """Where lazymod can tell what went wrong, say what to do, in a note."""
     built = any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(module))
-    # JAX's shape errors name a shape, a dimension or a size (a conv's feature size).
-    sizes = re.search(r"shape|dimension|size", str(error))
+    # JAX's shape errors name a shape or a dimension (a conv's "feature dimension size").
+    sizes = re.search(r"shape|dimension", str(error))
     if built and isinstance(error, TypeError | ValueError) and sizes:
         error.add_note(
             f"(lazymod: {type(module).__name__} holds built layers, and init never "

@@ -97,7 +97,9 @@ def next_key(stream: str = DEFAULT_STREAM) -> PRNGKeyArray:
 
     **Raises:**
 
-    [`lazymod.InitError`][] when called outside `lazymod.init`.
+    [`lazymod.InitError`][] when called outside `lazymod.init`, or in a module's
+    forward pass while no running call asked `self.initializing()` (the initialized
+    model would draw at every call, where there is no key: take `key=` at call time).
 
     !!! example
 
@@ -135,9 +137,15 @@ def next_key(stream: str = DEFAULT_STREAM) -> PRNGKeyArray:
             "elsewhere, pass a key explicitly (for example `key=` at call time)."
         )
     path = context.stack[-1]
-    if context.phase is Phase.CALL and not context.may_assign(path):
-        # Init could give a key here, but the initialized model, running the same
-        # code at every call, could not: refuse it now rather than at its first call.
+    # In a module's method (the stack holds init's own `method` run at the root, then
+    # the module calls) that no running call opened with `initializing()`: init could
+    # give a key here, but the initialized model, running the same code at every
+    # call, could not. Refuse it now rather than at the model's first call.
+    if (
+        context.phase is Phase.CALL
+        and len(context.stack) > 1
+        and not any(map(context.may_assign, context.stack))
+    ):
         raise InitError(
             f"{context.where(path)}: lazymod.next_key() was called in the forward pass "
             "outside an `if self.initializing():` block, so the initialized model would "

@@ -1183,6 +1183,7 @@ def test_equinox_argument_habits_are_refused_with_the_lazymod_call():
             lambda: lm.nn.GroupNorm(8, 32),
             lambda: lm.nn.MLP(784, 10, 64, 2),
             lambda: lm.nn.Conv2d(16, 3, use_bias="no"),
+            lambda: lm.nn.LayerNorm(eps=0),  # a number, not a size: accepted
         ):
             try:
                 make()
@@ -1197,7 +1198,8 @@ def test_equinox_argument_habits_are_refused_with_the_lazymod_call():
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
     assert printed.returncode == 0, printed.stderr
-    linear, layer_norm, group_norm, mlp, conv = printed.stdout.splitlines()
+    linear, layer_norm, group_norm, mlp, conv, zero_eps = printed.stdout.splitlines()
+    assert zero_eps == "accepted"
     assert linear == (
         "lazymod.nn.Linear: use_bias must be a bool; got int 10. lazymod.nn.Linear infers "
         "its input size, so it takes Equinox's arguments without it: "
@@ -1213,3 +1215,27 @@ def test_equinox_argument_habits_are_refused_with_the_lazymod_call():
     )
     assert mlp.endswith("equinox.nn.MLP(784, 10, 64, 2) is lazymod.nn.MLP(10, 64, 2).")
     assert conv == "lazymod.nn.Conv2d: use_bias must be a bool; got str 'no'."
+
+
+class _KeepsItsArgument(eqx.Module):
+    def __call__(self, x, *, key=None):
+        raise ValueError(f"wrong shape {x.shape}")
+
+
+class _RebindsItsArgument(eqx.Module):
+    def __call__(self, x, *, key=None):
+        x = x[None]
+        raise ValueError(f"wrong shape {x.shape}")
+
+
+@pytest.mark.parametrize(
+    "layer, says",
+    [
+        (_KeepsItsArgument(), "called with inputs (float32[3])"),
+        (_RebindsItsArgument(), "whose arguments were (float32[1,3]) when it raised"),
+    ],
+)
+def test_the_raised_in_note_says_when_an_argument_may_have_changed(layer, says):
+    with pytest.raises(ValueError) as raised:
+        lm.init(eqx.nn.Sequential([lm.nn.Linear(3), layer]), 0, spec(2))
+    assert any(says in note for note in raised.value.__notes__), raised.value.__notes__

@@ -701,3 +701,32 @@ def test_init_shapes_keeps_numpy_arrays_in_their_dtype_and_unplaced(held):
         placed,
     )
     assert eqx.tree_equal(unplaced, expected)
+
+
+def test_next_key_in_a_call_that_an_enclosing_initializing_block_makes():
+    # The child's method runs only inside the parent's `if self.initializing():` block,
+    # and a `method=` function runs only at init: both may draw.
+    class Child(lm.Module):
+        def sample(self, shape):
+            return jax.random.normal(lm.next_key(), shape)
+
+        def __call__(self, x):
+            return x
+
+    class Parent(lm.Module):
+        child: Child
+        w: jax.Array = lm.lazy()
+
+        def __call__(self, x):
+            if self.initializing():
+                self.w = self.child.sample(x.shape)
+            return self.child(x) * self.w
+
+    model = lm.init(Parent(Child()), 0, spec(3))
+    assert model.w.shape == (3,) and model(jnp.ones(3)).shape == (3,)
+
+    class Noisy(lm.Module):
+        def __call__(self, x, *, key):
+            return x + jax.random.normal(key, x.shape)
+
+    lm.init(Noisy(), 0, spec(3), method=lambda m, x: m(x, key=lm.next_key("dropout")))

@@ -79,10 +79,7 @@ class Convolution(LazyLayer):
         sizes = ("out_channels", "kernel_size", "stride", "dilation", "groups")
         check_sizes(type(self).__name__, **{n: arguments[n] for n in sizes if n in arguments})
         if "use_bias" in arguments:
-            name = type(self).__name__
-            dims = "" if name[-1] == "d" else "2, "  # Conv(num_spatial_dims, ...)
-            habit = (f"{name}({dims}3, 16, 5)", f"{name}({dims}16, 5)")
-            check_flags(name, habit, use_bias=arguments["use_bias"])
+            check_flags(type(self).__name__, None, use_bias=arguments["use_bias"])
         for name, value in arguments.items():
             setattr(self, name, _hashable(value))
         groups, out_channels = arguments.get("groups", 1), arguments["out_channels"]

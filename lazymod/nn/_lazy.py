@@ -135,10 +135,11 @@ class LazyLayer(Partitioned):
         shape = getattr(got, "shape", None)
         received = f"shape {tuple(shape)}" if shape is not None else type(got).__name__
         if fix is None and rank is not None and shape is not None and len(shape) < rank:
+            axes = "1 axis" if len(shape) == 1 else f"{len(shape)} axes"
             fix = (
-                f"It has {len(shape)} axes, fewer than the {rank} the layer takes: give it "
-                "the missing one (x[None] adds one of size 1, as for a single channel); "
-                "only a batch axis is left out, and jax.vmap maps over it."
+                f"It has {axes}, fewer than the {rank} the layer takes: give it the "
+                "missing one (x[None] adds one of size 1); only a batch axis is left out, "
+                "and jax.vmap maps over it."
             )
         fix = fix or (
             "lazymod.nn layers take unbatched inputs, as Equinox layers do: apply "
@@ -168,7 +169,7 @@ def check_sizes(layer: str, minimum: int = 1, **sizes: Any) -> None:
                 )
 
 
-def check_flags(layer: str, habit: tuple[str, str], **flags: Any) -> None:
+def check_flags(layer: str, habit: tuple[str, str] | None, **flags: Any) -> None:
     """Refuse, at construction, a flag (`use_bias=`, ...) that is not a bool: most often
     an Equinox habit, the input size given first (`Linear(784, 10)` puts 10 in
     `use_bias`). `habit` is that mistake and its fix, `("Linear(784, 10)",
@@ -194,16 +195,20 @@ def check_function(layer: str, habit: tuple[str, str], **functions: Any) -> None
 
 
 def check_eps(layer: str, eps: Any, habit: tuple[str, str]) -> None:
-    """Refuse an `eps` that is not a float, as `LayerNorm(64)` (Equinox's `shape` given
-    first) would make it."""
-    if isinstance(eps, bool) or not isinstance(eps, float | np.floating):
+    """Refuse an `eps` that is not a number, or an int of 1 or more, as `LayerNorm(64)`
+    (Equinox's `shape` given first) would make it."""
+    size = isinstance(eps, int | np.integer) and not isinstance(eps, bool) and eps >= 1
+    number = isinstance(eps, float | np.floating | int | np.integer) and not isinstance(eps, bool)
+    if size or not number:
         raise TypeError(
             f"lazymod.nn.{layer}: eps must be a float (such as 1e-5); got "
-            f"{type(eps).__name__} {eps!r}.{_equinox_habit(layer, habit)}"
+            f"{type(eps).__name__} {eps!r}.{_equinox_habit(layer, habit) if size else ''}"
         )
 
 
-def _equinox_habit(layer: str, habit: tuple[str, str]) -> str:
+def _equinox_habit(layer: str, habit: tuple[str, str] | None) -> str:
+    if habit is None:
+        return ""
     equinox, lazy = habit
     return (
         f" lazymod.nn.{layer} infers its input size, so it takes Equinox's arguments "

@@ -73,7 +73,7 @@ class MultiheadAttention(LazyLayer):
         check_sizes("MultiheadAttention", num_heads=num_heads)
         check_flags(
             "MultiheadAttention",
-            ("MultiheadAttention(8, 512)", "MultiheadAttention(8)"),
+            None,
             use_query_bias=use_query_bias,
             use_key_bias=use_key_bias,
             use_value_bias=use_value_bias,
