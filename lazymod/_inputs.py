@@ -98,8 +98,8 @@ def note_likely_causes(
     """Where lazymod can tell what went wrong, say what to do, in a note."""
     built = any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(module))
     # JAX's shape errors name a shape or a dimension (a conv's "feature dimension size").
-    sizes = re.search(r"shape|dimension", str(error))
-    if built and isinstance(error, TypeError | ValueError) and sizes:
+    names_a_shape = re.search(r"shape|dimension", str(error))
+    if built and isinstance(error, TypeError | ValueError) and names_a_shape:
         error.add_note(
             f"(lazymod: {type(module).__name__} holds built layers, and init never "
             "rebuilds a layer: a layer built for inputs of one shape cannot take another. "

@@ -176,10 +176,9 @@ def check_flags(layer: str, habit: tuple[str, str] | None, **flags: Any) -> None
     "Linear(10)")`, for the message."""
     for name, value in flags.items():
         if not isinstance(value, bool | np.bool_):
-            habit_hint = _equinox_habit(layer, habit) if isinstance(value, int | np.integer) else ""
             raise TypeError(
                 f"lazymod.nn.{layer}: {name} must be a bool; got {type(value).__name__} "
-                f"{value!r}.{habit_hint}"
+                f"{value!r}.{_equinox_habit(layer, habit, value)}"
             )
 
 
@@ -187,27 +186,28 @@ def check_function(layer: str, habit: tuple[str, str], **functions: Any) -> None
     """Refuse an activation (or other function argument) that cannot be called."""
     for name, value in functions.items():
         if not callable(value):
-            habit_hint = _equinox_habit(layer, habit) if isinstance(value, int | np.integer) else ""
             raise TypeError(
                 f"lazymod.nn.{layer}: {name} must be a function, such as jax.nn.relu; got "
-                f"{type(value).__name__} {value!r}.{habit_hint}"
+                f"{type(value).__name__} {value!r}.{_equinox_habit(layer, habit, value)}"
             )
 
 
 def check_eps(layer: str, eps: Any, habit: tuple[str, str]) -> None:
     """Refuse an `eps` that is not a number, or an int of 1 or more, as `LayerNorm(64)`
     (Equinox's `shape` given first) would make it."""
-    size = isinstance(eps, int | np.integer) and not isinstance(eps, bool) and eps >= 1
     number = isinstance(eps, float | np.floating | int | np.integer) and not isinstance(eps, bool)
-    if size or not number:
+    if not number or isinstance(eps, int | np.integer) and eps >= 1:
         raise TypeError(
             f"lazymod.nn.{layer}: eps must be a float (such as 1e-5); got "
-            f"{type(eps).__name__} {eps!r}.{_equinox_habit(layer, habit) if size else ''}"
+            f"{type(eps).__name__} {eps!r}.{_equinox_habit(layer, habit, eps)}"
         )
 
 
-def _equinox_habit(layer: str, habit: tuple[str, str] | None) -> str:
-    if habit is None:
+def _equinox_habit(layer: str, habit: tuple[str, str] | None, value: Any) -> str:
+    """The Equinox call `habit` names and its lazymod form, for a `value` that is an
+    int (a size given where Equinox's order puts it); nothing for any other value."""
+    size = isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if habit is None or not size:
         return ""
     equinox, lazy = habit
     return (
